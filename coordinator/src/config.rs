@@ -1,0 +1,47 @@
+//! Settings of one coordinator: where it keeps state and output, and its timing.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    /// Holds `sweep.db` (SQLite) and, later, the checkpoint store.
+    pub state_dir: PathBuf,
+    /// Parquet output: `<out_dir>/<sweep>/trials.parquet` and `<out_dir>/<sweep>/metrics/`.
+    pub out_dir: PathBuf,
+    /// A lease lives this long without a heartbeat.
+    pub lease_ttl: Duration,
+    /// What workers are told to heartbeat at; a third of the TTL leaves room for two misses.
+    pub heartbeat_interval: Duration,
+    /// How often the reconcile loop expires leases and flushes metrics.
+    pub reconcile_interval: Duration,
+    /// Staged metric points older than this are written to a Parquet part.
+    pub flush_interval: Duration,
+    /// A sweep's staged points are written to a part once there are this many.
+    pub flush_rows: usize,
+    /// Leases granted per trial before it fails for good.
+    pub max_attempts: u32,
+}
+
+impl CoordinatorConfig {
+    pub fn new(state_dir: PathBuf, out_dir: PathBuf) -> Self {
+        CoordinatorConfig {
+            state_dir,
+            out_dir,
+            lease_ttl: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(10),
+            reconcile_interval: Duration::from_millis(500),
+            flush_interval: Duration::from_secs(5),
+            flush_rows: 250_000,
+            max_attempts: 3,
+        }
+    }
+
+    /// Sets the lease TTL and the heartbeat interval that goes with it.
+    pub fn with_lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl;
+        self.heartbeat_interval = ttl / 3;
+        self.reconcile_interval = self.reconcile_interval.min(ttl / 4);
+        self
+    }
+}

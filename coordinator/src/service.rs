@@ -1,0 +1,338 @@
+//! The gRPC edge: turns wire messages into calls on the [`CoordinatorHandle`] and results back
+//! into wire messages. It validates shapes (ids present, sizes bounded) and decides nothing else.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::Stream;
+use sweep_shared::ids::{LeaseEpoch, SweepId, TrialId, WorkerId};
+use sweep_shared::proto::{
+    self, metric_ack, sweep_service_server::SweepService, worker_service_server::WorkerService, AcquireRequest,
+    AcquireResponse, BestRequest, BestResponse, CancelRequest, CancelResponse, CompleteRequest, CompleteResponse,
+    ExportRequest, ExportResponse, FailRequest, FailResponse, HeartbeatRequest, HeartbeatResponse, LeaseRef,
+    ListSweepsRequest, ListSweepsResponse, ListTrialsRequest, ListTrialsResponse, MetricAck, MetricBatch,
+    RegisterRequest, RegisterResponse, ReleaseRequest, ReleaseResponse, StatusRequest, SubmitRequest, SubmitResponse,
+    SweepStatus, TrialInfo, TrialLease,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::debug;
+
+use crate::core::{BatchOutcome, IncomingBatch, IncomingPoint, SweepProgress};
+use crate::error::CoordinatorError;
+use crate::handle::CoordinatorHandle;
+
+/// Longest an acquire call waits for work.
+const MAX_ACQUIRE_WAIT: Duration = Duration::from_secs(30);
+const MAX_ID_LEN: usize = 128;
+
+#[derive(Clone)]
+pub struct Service {
+    handle: CoordinatorHandle,
+}
+
+impl Service {
+    pub fn new(handle: CoordinatorHandle) -> Self {
+        Service { handle }
+    }
+}
+
+fn id_field(value: &str, field: &str) -> Result<(), Status> {
+    if value.is_empty() {
+        return Err(Status::invalid_argument(format!("{field} is empty")));
+    }
+    if value.len() > MAX_ID_LEN || !value.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        return Err(Status::invalid_argument(format!("{field} is not a valid id")));
+    }
+    Ok(())
+}
+
+fn lease_to_wire(lease: crate::core::Lease) -> TrialLease {
+    let t = lease.trial;
+    TrialLease {
+        trial_id: t.trial_id.0,
+        sweep_id: t.sweep_id.0,
+        job_kind: t.job_kind,
+        params_json: t.params_json,
+        seed: t.seed,
+        attempt: t.attempt,
+        epoch: t.epoch.0,
+        device: t.device.unwrap_or_default(),
+        deadline_unix_ms: lease.deadline_ms.max(0) as u64,
+    }
+}
+
+fn progress_to_wire(p: SweepProgress) -> SweepStatus {
+    SweepStatus {
+        sweep_id: p.sweep.sweep_id.0,
+        job_kind: p.sweep.job_kind,
+        metric: p.metric.name,
+        goal: p.metric.goal.to_string(),
+        total: p.counts.total(),
+        pending: p.counts.pending,
+        running: p.counts.running,
+        completed: p.counts.completed,
+        failed: p.counts.failed,
+        cancelled: p.counts.cancelled,
+        best_objective: p.best.as_ref().map(|(_, v)| *v),
+        best_trial_id: p.best.map(|(t, _)| t.0).unwrap_or_default(),
+        output_dir: p.output_dir.display().to_string(),
+        finished: p.counts.unfinished() == 0,
+        workers: p.live_workers,
+    }
+}
+
+type AckStream = Pin<Box<dyn Stream<Item = Result<MetricAck, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl WorkerService for Service {
+    async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<RegisterResponse>, Status> {
+        let req = request.into_inner();
+        if req.hostname.len() > 255 || req.job_kinds.len() > 64 || req.devices.len() > 64 {
+            return Err(Status::invalid_argument("register request is too large"));
+        }
+        let worker_id =
+            self.handle.call(move |core| core.register(&req.hostname, req.job_kinds, req.devices, req.slots)).await?;
+        let config = self.handle.call(|core| Ok(core.config().clone())).await?;
+        Ok(Response::new(RegisterResponse {
+            worker_id: worker_id.0,
+            heartbeat_interval_ms: config.heartbeat_interval.as_millis() as u64,
+            lease_ttl_ms: config.lease_ttl.as_millis() as u64,
+        }))
+    }
+
+    async fn acquire_trials(&self, request: Request<AcquireRequest>) -> Result<Response<AcquireResponse>, Status> {
+        let req = request.into_inner();
+        id_field(&req.worker_id, "worker_id")?;
+        let worker_id = WorkerId(req.worker_id);
+        let wait = Duration::from_millis(req.wait_ms).min(MAX_ACQUIRE_WAIT);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Listen before looking, so a wake-up between the look and the wait is not lost.
+            let notified = self.handle.work_available.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let worker = worker_id.clone();
+            let max = req.max_trials;
+            let leases = self.handle.call(move |core| core.acquire(&worker, max)).await?;
+            if !leases.is_empty() || tokio::time::Instant::now() >= deadline {
+                return Ok(Response::new(AcquireResponse { leases: leases.into_iter().map(lease_to_wire).collect() }));
+            }
+            // Also look again now and then: a lease may expire without anyone notifying.
+            let _ =
+                tokio::time::timeout_at(deadline.min(tokio::time::Instant::now() + Duration::from_secs(1)), notified)
+                    .await;
+        }
+    }
+
+    async fn heartbeat(&self, request: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
+        let req = request.into_inner();
+        id_field(&req.worker_id, "worker_id")?;
+        if req.leases.len() > 4096 {
+            return Err(Status::invalid_argument("heartbeat names too many leases"));
+        }
+        let mut held = Vec::with_capacity(req.leases.len());
+        for lease in req.leases {
+            id_field(&lease.trial_id, "lease.trial_id")?;
+            held.push((TrialId(lease.trial_id), LeaseEpoch(lease.epoch)));
+        }
+        let worker_id = WorkerId(req.worker_id);
+        let (revoked, known) = self.handle.call(move |core| core.heartbeat(&worker_id, &held)).await?;
+        Ok(Response::new(HeartbeatResponse {
+            revoked: revoked.into_iter().map(|(t, e)| LeaseRef { trial_id: t.0, epoch: e.0 }).collect(),
+            known,
+        }))
+    }
+
+    type StreamMetricsStream = AckStream;
+
+    async fn stream_metrics(
+        &self,
+        request: Request<Streaming<MetricBatch>>,
+    ) -> Result<Response<Self::StreamMetricsStream>, Status> {
+        let mut batches = request.into_inner();
+        let (acks, ack_stream) = mpsc::channel(64);
+        let handle = self.handle.clone();
+        tokio::spawn(async move {
+            while let Some(next) = batches.next().await {
+                let batch = match next {
+                    Ok(batch) => batch,
+                    Err(status) => {
+                        debug!(%status, "metric stream ended with an error");
+                        break;
+                    }
+                };
+                let ack = store_batch(&handle, batch).await;
+                if acks.send(Ok(ack)).await.is_err() {
+                    // The worker hung up; it resends whatever was not acknowledged.
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(ack_stream)) as AckStream))
+    }
+
+    async fn complete_trial(&self, request: Request<CompleteRequest>) -> Result<Response<CompleteResponse>, Status> {
+        let req = request.into_inner();
+        id_field(&req.trial_id, "trial_id")?;
+        let trial_id = TrialId(req.trial_id);
+        self.handle
+            .call(move |core| core.complete(&trial_id, LeaseEpoch(req.epoch), req.batches, req.wall_seconds))
+            .await?;
+        Ok(Response::new(CompleteResponse {}))
+    }
+
+    async fn fail_trial(&self, request: Request<FailRequest>) -> Result<Response<FailResponse>, Status> {
+        let req = request.into_inner();
+        id_field(&req.trial_id, "trial_id")?;
+        let trial_id = TrialId(req.trial_id);
+        let will_retry = self
+            .handle
+            .call(move |core| core.fail(&trial_id, LeaseEpoch(req.epoch), &req.error, req.permanent))
+            .await?;
+        Ok(Response::new(FailResponse { will_retry }))
+    }
+
+    async fn release_trial(&self, request: Request<ReleaseRequest>) -> Result<Response<ReleaseResponse>, Status> {
+        let req = request.into_inner();
+        id_field(&req.trial_id, "trial_id")?;
+        let trial_id = TrialId(req.trial_id);
+        let reason: String = req.reason.chars().take(512).collect();
+        self.handle.call(move |core| core.release(&trial_id, LeaseEpoch(req.epoch), &reason)).await?;
+        Ok(Response::new(ReleaseResponse {}))
+    }
+}
+
+async fn store_batch(handle: &CoordinatorHandle, batch: MetricBatch) -> MetricAck {
+    let trial_id = batch.trial_id.clone();
+    let seq = batch.seq;
+    let ack = |status: metric_ack::Status, expected_seq: u64, message: String| MetricAck {
+        trial_id: trial_id.clone(),
+        seq,
+        status: status as i32,
+        expected_seq,
+        message,
+    };
+    if let Err(status) = id_field(&batch.trial_id, "trial_id") {
+        return ack(metric_ack::Status::Rejected, 0, status.message().to_string());
+    }
+    let incoming = IncomingBatch {
+        trial_id: TrialId(batch.trial_id),
+        epoch: LeaseEpoch(batch.epoch),
+        attempt: batch.attempt,
+        seq: batch.seq,
+        points: batch
+            .points
+            .into_iter()
+            .map(|p| IncomingPoint { step: p.step, name: p.name, value: p.value, wall_time_us: p.wall_time_us })
+            .collect(),
+    };
+    match handle.call(move |core| core.append_metrics(incoming)).await {
+        Ok(BatchOutcome::Stored) | Ok(BatchOutcome::Duplicate) => {
+            ack(metric_ack::Status::Stored, seq + 1, String::new())
+        }
+        Ok(BatchOutcome::Gap { expected_seq }) => {
+            ack(metric_ack::Status::Gap, expected_seq, format!("expected batch {expected_seq}"))
+        }
+        Err(err @ CoordinatorError::StaleEpoch { .. }) => ack(metric_ack::Status::StaleEpoch, 0, err.to_string()),
+        Err(err) => ack(metric_ack::Status::Rejected, 0, err.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl SweepService for Service {
+    async fn submit(&self, request: Request<SubmitRequest>) -> Result<Response<SubmitResponse>, Status> {
+        let req = request.into_inner();
+        let source = if req.source_name.is_empty() { "spec".to_string() } else { req.source_name };
+        let outcome = self.handle.call(move |core| core.submit(&req.spec_yaml, &source)).await?;
+        Ok(Response::new(SubmitResponse {
+            sweep_id: outcome.sweep_id.0,
+            trials: outcome.trials,
+            existing: outcome.existing,
+        }))
+    }
+
+    async fn status(&self, request: Request<StatusRequest>) -> Result<Response<SweepStatus>, Status> {
+        let req = request.into_inner();
+        id_field(&req.sweep_id, "sweep_id")?;
+        let sweep_id = SweepId(req.sweep_id);
+        let progress = self.handle.call(move |core| core.progress(&sweep_id)).await?;
+        Ok(Response::new(progress_to_wire(progress)))
+    }
+
+    async fn list_sweeps(&self, _request: Request<ListSweepsRequest>) -> Result<Response<ListSweepsResponse>, Status> {
+        let sweeps = self.handle.call(|core| core.list_sweeps()).await?;
+        Ok(Response::new(ListSweepsResponse { sweeps: sweeps.into_iter().map(progress_to_wire).collect() }))
+    }
+
+    async fn list_trials(&self, request: Request<ListTrialsRequest>) -> Result<Response<ListTrialsResponse>, Status> {
+        let req = request.into_inner();
+        id_field(&req.sweep_id, "sweep_id")?;
+        let sweep_id = SweepId(req.sweep_id);
+        let trials = self.handle.call(move |core| core.trials(&sweep_id)).await?;
+        Ok(Response::new(ListTrialsResponse {
+            trials: trials
+                .into_iter()
+                .map(|t| TrialInfo {
+                    trial_id: t.trial_id.0,
+                    config_id: t.config_id,
+                    params_json: t.params_json,
+                    seed: t.seed,
+                    status: t.status.as_str().to_string(),
+                    attempts: t.attempt,
+                    objective: t.objective,
+                    worker_id: t.worker_id.unwrap_or_default(),
+                    error: t.error.unwrap_or_default(),
+                    wall_seconds: t.wall_seconds.unwrap_or(0.0),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn best(&self, request: Request<BestRequest>) -> Result<Response<BestResponse>, Status> {
+        let req = request.into_inner();
+        id_field(&req.sweep_id, "sweep_id")?;
+        let sweep_id = SweepId(req.sweep_id);
+        let top = req.top as usize;
+        let (metric, configs) = self.handle.call(move |core| core.best(&sweep_id, top)).await?;
+        Ok(Response::new(BestResponse {
+            metric: metric.name,
+            goal: metric.goal.to_string(),
+            configs: configs
+                .into_iter()
+                .map(|c| proto::ConfigSummary {
+                    config_id: c.config_id,
+                    params_json: c.params_json,
+                    n: c.n,
+                    mean: c.mean,
+                    std: c.std,
+                    min: c.min,
+                    max: c.max,
+                    seeds_total: c.seeds_total,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn cancel(&self, request: Request<CancelRequest>) -> Result<Response<CancelResponse>, Status> {
+        let req = request.into_inner();
+        id_field(&req.sweep_id, "sweep_id")?;
+        let sweep_id = SweepId(req.sweep_id);
+        let cancelled = self.handle.call(move |core| core.cancel(&sweep_id)).await?;
+        Ok(Response::new(CancelResponse { cancelled }))
+    }
+
+    async fn export(&self, request: Request<ExportRequest>) -> Result<Response<ExportResponse>, Status> {
+        let req = request.into_inner();
+        id_field(&req.sweep_id, "sweep_id")?;
+        let sweep_id = SweepId(req.sweep_id);
+        let out = self.handle.call(move |core| core.export(&sweep_id)).await?;
+        Ok(Response::new(ExportResponse {
+            trials_path: out.trials_path.display().to_string(),
+            metrics_dir: out.metrics_dir.display().to_string(),
+            metric_rows: out.metric_rows,
+        }))
+    }
+}

@@ -1,0 +1,6 @@
+//! One module per group of subcommands.
+
+pub mod bench;
+pub mod client;
+pub mod run;
+pub mod serve;

@@ -1,0 +1,90 @@
+//! `sweep coordinator` and `sweep worker`: the two long-running processes.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use sweep_shared::params::JobCatalog;
+use sweep_worker::{Device, JobRegistry, WorkerConfig};
+use tokio::net::TcpListener;
+
+use crate::{signals, StoreArgs};
+
+#[derive(Args)]
+pub struct CoordinatorArgs {
+    /// Address to listen on; port 0 picks a free port (printed at start).
+    #[arg(long, default_value = "0.0.0.0:7070")]
+    pub listen: String,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+/// Serves until SIGTERM or SIGINT, then flushes everything and exits.
+pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(&args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    // Scripts and tests read this line to find the port.
+    println!("coordinator listening on {addr}");
+    let stop = signals::on_terminate()?;
+    let catalog: Arc<dyn JobCatalog> = Arc::new(JobRegistry::builtin());
+    sweep_coordinator::run(listener, args.store.config(), catalog, async move { stop.cancelled().await })
+        .await
+        .context("coordinator")?;
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct WorkerArgs {
+    /// The coordinator's URL.
+    #[arg(long, env = "SWEEP_COORDINATOR", default_value = "http://127.0.0.1:7070")]
+    pub coordinator: String,
+    /// Trials to run at once.
+    #[arg(long, default_value_t = 1)]
+    pub slots: u32,
+    /// Device for candle jobs: cpu or cuda:N (CUDA needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Offer only these job kinds (repeatable); by default every kind this build runs.
+    #[arg(long = "job-kind")]
+    pub job_kinds: Vec<String>,
+    /// Directory for local checkpoints of running trials.
+    #[arg(long, env = "SWEEP_WORKER_DIR", default_value = "sweep-worker")]
+    pub work_dir: PathBuf,
+    /// On SIGTERM, finish running trials instead of handing them back.
+    #[arg(long)]
+    pub finish_on_term: bool,
+    /// Exit after this long without work (e.g. `30s`); by default wait forever.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub idle_exit: Option<Duration>,
+    /// Give up if the coordinator cannot be reached for this long; by default keep trying.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub connect_timeout: Option<Duration>,
+    /// Send a metric batch after this many points...
+    #[arg(long, default_value_t = 1024)]
+    pub batch_points: usize,
+    /// ...or when its oldest point is this old.
+    #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
+    pub batch_interval: Duration,
+}
+
+pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let device = Device::parse(&args.device).map_err(anyhow::Error::msg)?;
+    let mut config = WorkerConfig::new(args.coordinator, args.work_dir.join("checkpoints"));
+    config.slots = args.slots;
+    config.device = device;
+    config.job_kinds = args.job_kinds;
+    config.finish_on_term = args.finish_on_term;
+    config.idle_exit = args.idle_exit;
+    config.connect_timeout = args.connect_timeout;
+    config.batch_points = args.batch_points.max(1);
+    config.batch_interval = args.batch_interval;
+    let stop = signals::on_terminate()?;
+    let summary = sweep_worker::run(config, Arc::new(JobRegistry::builtin()), stop).await.context("worker")?;
+    eprintln!(
+        "worker done: {} completed, {} failed, {} handed back, {} dropped",
+        summary.completed, summary.failed, summary.handed_back, summary.dropped
+    );
+    Ok(())
+}

@@ -1,0 +1,130 @@
+//! `sweep`: the one binary. Parses flags, sets up logging, and hands off to a command module.
+//!
+//! # Layout
+//! - [`commands::run`]: `sweep run SPEC`: embedded coordinator + local worker processes.
+//! - [`commands::serve`]: `sweep coordinator`, `sweep worker`: the long-running processes.
+//! - [`commands::client`]: `submit`, `status`, `best`, `cancel`, `export`: calls to a coordinator.
+//! - [`commands::bench`]: `sweep bench`: throughput measurements printed as a table.
+//! - [`display`]: tables for people.
+
+mod commands;
+mod display;
+mod signals;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "sweep",
+    version,
+    about = "Distributed hyperparameter sweeps: a coordinator hands trials to workers; metrics land in Parquet"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a sweep on this machine: an embedded coordinator plus N local worker processes.
+    Run(commands::run::RunArgs),
+    /// Serve a coordinator that workers on any machine can join.
+    Coordinator(commands::serve::CoordinatorArgs),
+    /// Run a worker agent that takes trials from a coordinator.
+    Worker(commands::serve::WorkerArgs),
+    /// Submit a spec to a running coordinator.
+    Submit(commands::client::SubmitArgs),
+    /// Show the progress of one sweep, or list all sweeps.
+    Status(commands::client::StatusArgs),
+    /// Rank a sweep's configurations by their objective over seeds.
+    Best(commands::client::BestArgs),
+    /// Cancel a sweep's unfinished trials.
+    Cancel(commands::client::CancelArgs),
+    /// Write a sweep's Parquet files now (and optionally CSV copies).
+    Export(commands::client::ExportArgs),
+    /// Check a spec file without submitting it.
+    Validate(commands::client::ValidateArgs),
+    /// Measure throughput: the gRPC trial path, metric points into Parquet, Q-table episodes.
+    Bench(commands::bench::BenchArgs),
+}
+
+/// Where a client command finds the coordinator.
+#[derive(Args, Clone)]
+pub struct CoordinatorUrl {
+    /// The coordinator's URL.
+    #[arg(long = "coordinator", env = "SWEEP_COORDINATOR", default_value = "http://127.0.0.1:7070")]
+    pub url: String,
+}
+
+/// Where a coordinator keeps its state and output.
+#[derive(Args, Clone)]
+pub struct StoreArgs {
+    /// Directory of the coordinator's SQLite store.
+    #[arg(long, env = "SWEEP_STATE_DIR", default_value = "sweep-state")]
+    pub state_dir: PathBuf,
+    /// Directory of the Parquet output (`<out>/<sweep>/trials.parquet`, `<out>/<sweep>/metrics/`).
+    #[arg(long, env = "SWEEP_OUT_DIR", default_value = "sweep-results")]
+    pub out: PathBuf,
+    /// How long a lease lives without a heartbeat.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub lease_ttl: Duration,
+    /// Leases granted per trial before it fails.
+    #[arg(long, default_value_t = 3)]
+    pub max_attempts: u32,
+}
+
+impl StoreArgs {
+    pub fn config(&self) -> sweep_coordinator::CoordinatorConfig {
+        let mut config = sweep_coordinator::CoordinatorConfig::new(self.state_dir.clone(), self.out.clone())
+            .with_lease_ttl(self.lease_ttl);
+        config.max_attempts = self.max_attempts;
+        config
+    }
+}
+
+fn init_tracing(default: &str) {
+    let filter = EnvFilter::try_from_env("SWEEP_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // `run` draws a progress bar: keep its logs to warnings unless asked.
+    init_tracing(match cli.command {
+        Command::Run(_) | Command::Bench(_) | Command::Validate(_) => "warn",
+        _ => "info",
+    });
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: starting the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Run(args) => commands::run::run(args).await,
+            Command::Coordinator(args) => commands::serve::coordinator(args).await,
+            Command::Worker(args) => commands::serve::worker(args).await,
+            Command::Submit(args) => commands::client::submit(args).await,
+            Command::Status(args) => commands::client::status(args).await,
+            Command::Best(args) => commands::client::best(args).await,
+            Command::Cancel(args) => commands::client::cancel(args).await,
+            Command::Export(args) => commands::client::export(args).await,
+            Command::Validate(args) => commands::client::validate(args),
+            Command::Bench(args) => commands::bench::bench(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

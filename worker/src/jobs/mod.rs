@@ -1,0 +1,154 @@
+//! The job interface and the registry of job kinds this worker can run.
+//!
+//! A job family lives in its own module (`rl`, later `nlp`, `gan`); each job kind implements
+//! [`JobFactory`] (schema + constructor) and [`Job`] (run, checkpoint, restore). The registry is
+//! the only list of kinds: the worker advertises it at registration and the `sweep` binary passes
+//! it to the coordinator as its [`JobCatalog`], so adding a job family touches no coordinator code.
+//!
+//! A job runs on its own thread (never on the async runtime). It reports metrics through
+//! [`JobContext::report`], checks [`JobContext::is_cancelled`] at least once per step, and offers a
+//! checkpoint at each natural boundary through [`JobContext::boundary`].
+
+pub mod rl;
+pub mod trivial;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use sweep_shared::checkpoint::{Checkpoint, CheckpointError};
+use sweep_shared::params::{JobCatalog, JobSchema, ParamError, Params};
+
+/// Why a job stopped without finishing.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// The worker asked the job to stop (shutdown, lease lost, sweep cancelled).
+    #[error("cancelled")]
+    Cancelled,
+    #[error(transparent)]
+    Param(#[from] ParamError),
+    #[error("invalid parameters: {0}")]
+    InvalidParams(String),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// The job's own failure (NaN loss, diverged training): the trial fails without retry.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Where a job's metric points go. The worker batches them for the coordinator.
+pub trait MetricSink: Send {
+    fn report(&mut self, step: u64, name: &str, value: f64);
+}
+
+/// Where a job's checkpoints go, and how often it wants them.
+pub trait CheckpointSink: Send {
+    /// Whether the boundary at `step` should be saved.
+    fn wants(&self, step: u64) -> bool;
+    fn save(&mut self, checkpoint: Checkpoint) -> Result<(), JobError>;
+}
+
+/// A checkpoint sink that keeps nothing: for runs that need no resume (benchmarks, tests).
+pub struct NoCheckpoints;
+
+impl CheckpointSink for NoCheckpoints {
+    fn wants(&self, _step: u64) -> bool {
+        false
+    }
+    fn save(&mut self, _checkpoint: Checkpoint) -> Result<(), JobError> {
+        Ok(())
+    }
+}
+
+/// A cancel signal shared between the worker (sets it) and a job thread (polls it).
+#[derive(Debug, Clone, Default)]
+pub struct CancelFlag(Arc<AtomicBool>);
+
+impl CancelFlag {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// What a running job can reach: its seed, a metric sink, a checkpoint sink and the cancel flag.
+pub struct JobContext<'a> {
+    pub seed: u64,
+    pub metrics: &'a mut dyn MetricSink,
+    pub checkpoints: &'a mut dyn CheckpointSink,
+    pub cancel: CancelFlag,
+}
+
+impl JobContext<'_> {
+    pub fn report(&mut self, step: u64, name: &str, value: f64) {
+        self.metrics.report(step, name, value);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// Returns `Err(Cancelled)` once the worker asked the job to stop.
+    pub fn check_cancel(&self) -> Result<(), JobError> {
+        if self.cancel.is_cancelled() {
+            Err(JobError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// A checkpoint boundary at `step`: builds and saves a checkpoint if the sink wants one here.
+    pub fn boundary(&mut self, step: u64, save: impl FnOnce() -> Result<Checkpoint, JobError>) -> Result<(), JobError> {
+        if self.checkpoints.wants(step) {
+            let checkpoint = save()?;
+            self.checkpoints.save(checkpoint)?;
+        }
+        Ok(())
+    }
+}
+
+/// One trial's job, built from its params and seed.
+pub trait Job: Send {
+    /// Runs from the current state (fresh, or restored) to the end, or until cancelled.
+    fn run(&mut self, ctx: &mut JobContext<'_>) -> Result<(), JobError>;
+    /// The state at the current boundary.
+    fn checkpoint(&self) -> Result<Checkpoint, JobError>;
+    /// Replaces the state with a checkpoint's, before `run`.
+    fn restore(&mut self, checkpoint: &Checkpoint) -> Result<(), JobError>;
+}
+
+/// A job kind: its parameter schema and a constructor.
+pub trait JobFactory: Send + Sync {
+    fn schema(&self) -> &JobSchema;
+    /// Builds the job for one trial; `params` holds every parameter of the schema.
+    fn create(&self, params: &Params, seed: u64) -> Result<Box<dyn Job>, JobError>;
+}
+
+/// Every job kind this build of the worker runs.
+pub struct JobRegistry {
+    factories: Vec<Box<dyn JobFactory>>,
+}
+
+impl JobRegistry {
+    /// The registry with all built-in jobs.
+    pub fn builtin() -> Self {
+        JobRegistry {
+            factories: vec![Box::new(rl::qtable::QTableFactory::new()), Box::new(trivial::TrivialFactory::new())],
+        }
+    }
+
+    pub fn factory(&self, kind: &str) -> Option<&dyn JobFactory> {
+        self.factories.iter().find(|f| f.schema().kind == kind).map(|f| f.as_ref())
+    }
+}
+
+impl JobCatalog for JobRegistry {
+    fn schema(&self, kind: &str) -> Option<&JobSchema> {
+        self.factory(kind).map(|f| f.schema())
+    }
+
+    fn kinds(&self) -> Vec<&'static str> {
+        self.factories.iter().map(|f| f.schema().kind).collect()
+    }
+}

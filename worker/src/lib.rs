@@ -1,0 +1,24 @@
+//! The sweep worker agent and the jobs it runs.
+//!
+//! # Layout
+//! - [`agent`]: register, acquire leases while slots are free, heartbeat, shut down cleanly.
+//! - [`runner`]: one trial from lease to report (complete, fail, hand back).
+//! - [`metrics`]: job metric points -> batched, exactly-once `StreamMetrics` to the coordinator.
+//! - [`checkpoints`]: the local checkpoint store a job's boundaries write to.
+//! - [`client`]: connecting with retry and back-off.
+//! - [`jobs`]: the job trait and registry; one module per job family (`rl`, ...).
+//! - [`config`], [`error`].
+
+pub mod agent;
+pub mod checkpoints;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod jobs;
+pub mod metrics;
+pub mod runner;
+
+pub use agent::{run, AgentSummary};
+pub use config::{Device, WorkerConfig};
+pub use error::{Result, WorkerError};
+pub use jobs::JobRegistry;

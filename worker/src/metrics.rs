@@ -1,0 +1,175 @@
+//! Metric points from a job thread to the coordinator, in batches, each stored exactly once.
+//!
+//! 1. The job thread reports into a [`ChannelSink`]: a bounded channel, so a job that outruns
+//!    the network waits instead of filling memory.
+//! 2. [`stream_trial_metrics`] cuts the points into batches (at `batch_points` points, or when the
+//!    oldest is `batch_interval` old), numbers them 1, 2, 3... and sends them on a
+//!    `StreamMetrics` call, keeping each until the coordinator acknowledges it.
+//! 3. On an ack gap it resends from the batch the coordinator expects; if the stream breaks it
+//!    reconnects with back-off and resends every unacknowledged batch. The coordinator stores a
+//!    batch it already holds once, so resending is always safe.
+//! 4. A stale-epoch ack means the lease is gone: the stream stops and the trial is dropped.
+
+use std::collections::VecDeque;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sweep_shared::ids::{LeaseEpoch, TrialId};
+use sweep_shared::proto::{metric_ack, MetricAck, MetricBatch, MetricPoint};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::Streaming;
+use tracing::{debug, warn};
+
+use crate::client::{Backoff, Client};
+use crate::error::{Result, WorkerError};
+use crate::jobs::MetricSink;
+
+/// Unacknowledged batches kept before the streamer stops taking new points.
+const MAX_UNACKED_BATCHES: usize = 64;
+
+/// The job thread's end: each report goes into a bounded channel.
+pub struct ChannelSink {
+    points: mpsc::Sender<MetricPoint>,
+}
+
+impl ChannelSink {
+    pub fn new(capacity: usize) -> (ChannelSink, mpsc::Receiver<MetricPoint>) {
+        let (points, receiver) = mpsc::channel(capacity);
+        (ChannelSink { points }, receiver)
+    }
+}
+
+impl MetricSink for ChannelSink {
+    fn report(&mut self, step: u64, name: &str, value: f64) {
+        let wall_time_us = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
+        // A closed channel means the trial is being dropped (lease lost): nothing to deliver to.
+        let _ = self.points.blocking_send(MetricPoint { step, name: name.to_string(), value, wall_time_us });
+    }
+}
+
+/// Which trial attempt the stream reports for, and how to batch.
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    pub trial_id: TrialId,
+    pub epoch: LeaseEpoch,
+    pub attempt: u32,
+    pub batch_points: usize,
+    pub batch_interval: Duration,
+    pub max_backoff: Duration,
+}
+
+type Outbox = mpsc::Sender<MetricBatch>;
+
+async fn open_stream(client: &mut Client) -> Result<(Outbox, Streaming<MetricAck>)> {
+    let (outbox, requests) = mpsc::channel(MAX_UNACKED_BATCHES + 1);
+    let acks = client.stream_metrics(ReceiverStream::new(requests)).await?.into_inner();
+    Ok((outbox, acks))
+}
+
+/// Streams every point from `points` until the channel closes and all batches are stored;
+/// returns the number of batches sent (what `CompleteTrial` reports).
+pub async fn stream_trial_metrics(
+    mut client: Client,
+    settings: StreamSettings,
+    mut points: mpsc::Receiver<MetricPoint>,
+    stop: CancellationToken,
+) -> Result<u64> {
+    let mut unacked: VecDeque<MetricBatch> = VecDeque::new();
+    let mut next_seq = 1u64;
+    let mut buffer: Vec<MetricPoint> = Vec::new();
+    let mut oldest: Option<Instant> = None;
+    let mut input_done = false;
+    let mut backoff = Backoff::new(settings.max_backoff);
+    let (mut outbox, mut acks) = reconnect(&mut client, &mut backoff, &stop).await?;
+
+    loop {
+        if input_done && buffer.is_empty() && unacked.is_empty() {
+            return Ok(next_seq - 1);
+        }
+        let flush_due = oldest.map(|t| t + settings.batch_interval);
+        let mut flush = false;
+        tokio::select! {
+            point = points.recv(), if !input_done && unacked.len() < MAX_UNACKED_BATCHES => match point {
+                Some(point) => {
+                    oldest.get_or_insert_with(Instant::now);
+                    buffer.push(point);
+                    flush = buffer.len() >= settings.batch_points;
+                }
+                None => {
+                    input_done = true;
+                    flush = !buffer.is_empty();
+                }
+            },
+            _ = sleep_until_opt(flush_due) => flush = true,
+            ack = acks.message() => match ack {
+                Ok(Some(ack)) => {
+                    backoff.reset();
+                    match metric_ack::Status::try_from(ack.status).unwrap_or(metric_ack::Status::Unspecified) {
+                        metric_ack::Status::Stored => unacked.retain(|b| b.seq > ack.seq),
+                        metric_ack::Status::Gap => {
+                            debug!(trial = %settings.trial_id, expected = ack.expected_seq, "metric gap; resending");
+                            for batch in unacked.iter().filter(|b| b.seq >= ack.expected_seq) {
+                                let _ = outbox.send(batch.clone()).await;
+                            }
+                        }
+                        metric_ack::Status::StaleEpoch => return Err(WorkerError::StaleLease(settings.trial_id.to_string())),
+                        metric_ack::Status::Rejected | metric_ack::Status::Unspecified => {
+                            return Err(WorkerError::Rejected(ack.message))
+                        }
+                    }
+                }
+                Ok(None) | Err(_) => {
+                    warn!(trial = %settings.trial_id, unacked = unacked.len(), "metric stream broke; reconnecting");
+                    (outbox, acks) = reconnect(&mut client, &mut backoff, &stop).await?;
+                    for batch in &unacked {
+                        let _ = outbox.send(batch.clone()).await;
+                    }
+                }
+            },
+            _ = stop.cancelled() => return Err(WorkerError::Stopped),
+        }
+        if flush && !buffer.is_empty() {
+            let batch = MetricBatch {
+                trial_id: settings.trial_id.to_string(),
+                epoch: settings.epoch.0,
+                attempt: settings.attempt,
+                seq: next_seq,
+                points: std::mem::take(&mut buffer),
+            };
+            next_seq += 1;
+            oldest = None;
+            // A failed send shows up as a broken ack stream, which resends `unacked`.
+            let _ = outbox.send(batch.clone()).await;
+            unacked.push_back(batch);
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn reconnect(
+    client: &mut Client,
+    backoff: &mut Backoff,
+    stop: &CancellationToken,
+) -> Result<(Outbox, Streaming<MetricAck>)> {
+    loop {
+        match open_stream(client).await {
+            Ok(stream) => return Ok(stream),
+            Err(err) => {
+                let delay = backoff.next_delay();
+                warn!(%err, retry_in_ms = delay.as_millis() as u64, "cannot open metric stream");
+                tokio::select! {
+                    _ = stop.cancelled() => return Err(WorkerError::Stopped),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
