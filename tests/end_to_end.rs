@@ -97,7 +97,10 @@ async fn two_workers_run_an_eight_trial_sweep_into_parquet() {
     assert_eq!(status_after(&mut client, &sweep).await, 8);
 }
 
-async fn status_after(client: &mut sweep_shared::proto::sweep_service_client::SweepServiceClient<tonic::transport::Channel>, sweep: &str) -> u64 {
+async fn status_after(
+    client: &mut sweep_shared::proto::sweep_service_client::SweepServiceClient<tonic::transport::Channel>,
+    sweep: &str,
+) -> u64 {
     status(client, sweep).await.completed
 }
 

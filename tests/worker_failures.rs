@@ -25,7 +25,9 @@ parameters:
 seeds: 2
 "#;
 
-async fn running_trial(client: &mut sweep_shared::proto::sweep_service_client::SweepServiceClient<tonic::transport::Channel>) -> String {
+async fn running_trial(
+    client: &mut sweep_shared::proto::sweep_service_client::SweepServiceClient<tonic::transport::Channel>,
+) -> String {
     wait_until(Duration::from_secs(30), "a running trial", || {
         let mut client = client.clone();
         async move {
@@ -63,7 +65,8 @@ async fn sigkilled_worker_loses_its_lease_and_the_trial_completes_elsewhere() {
     assert_eq!(keys.len(), rows.len(), "a metric row was stored twice");
     // The final attempt of every trial holds all 40 steps.
     for t in &trials {
-        let last: Vec<&MetricRow> = rows.iter().filter(|r| r.trial_id == t.trial_id && r.attempt == t.attempts as i32).collect();
+        let last: Vec<&MetricRow> =
+            rows.iter().filter(|r| r.trial_id == t.trial_id && r.attempt == t.attempts as i32).collect();
         assert_eq!(last.len(), 40, "rows of the last attempt of {}", t.trial_id);
     }
     // The killed attempt reported some steps before dying; the rerun from scratch repeats them

@@ -452,18 +452,7 @@ impl Core {
             .map(|p| NewPoint { step: p.step, wall_time_us: p.wall_time_us, name: &p.name, value: p.value })
             .collect();
         let now = now_ms();
-        self.store.transaction(|tx| {
-            store::stage_batch(
-                tx,
-                &trial.sweep_id,
-                &trial.trial_id,
-                trial.attempt,
-                batch.seq,
-                &points,
-                state_json.as_deref(),
-                now,
-            )
-        })?;
+        self.store.transaction(|tx| store::stage_batch(tx, &trial, batch.seq, &points, state_json.as_deref(), now))?;
         Ok(BatchOutcome::Stored)
     }
 

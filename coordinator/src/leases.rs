@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use sweep_shared::ids::{LeaseEpoch, TrialId};
+use sweep_shared::ids::LeaseEpoch;
 
 use crate::error::CoordinatorError;
 use crate::store::{TrialRow, TrialStatus};
@@ -54,20 +54,10 @@ pub fn check_fence(trial: &TrialRow, presented: LeaseEpoch) -> Result<(), Coordi
     Err(CoordinatorError::StaleEpoch { trial: trial.trial_id.to_string(), presented: presented.0, current })
 }
 
-/// The leases in `held` that are no longer the trials' current leases.
-pub fn leases_to_revoke<'a>(
-    held: &'a [(TrialId, LeaseEpoch)],
-    current: impl Fn(&TrialId) -> Option<(TrialStatus, LeaseEpoch)>,
-) -> Vec<&'a (TrialId, LeaseEpoch)> {
-    held.iter()
-        .filter(|(trial, epoch)| !matches!(current(trial), Some((TrialStatus::Running, e)) if e == *epoch))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sweep_shared::ids::SweepId;
+    use sweep_shared::ids::{SweepId, TrialId};
 
     fn running(epoch: u64) -> TrialRow {
         TrialRow {
@@ -111,20 +101,5 @@ mod tests {
         assert_eq!(policy.on_expiry(2), Expiry::Requeue);
         assert!(matches!(policy.on_expiry(3), Expiry::Fail(_)));
         assert_eq!(policy.deadline_ms(1_000), 4_000);
-    }
-
-    #[test]
-    fn revoke_lists_stale_and_unknown_leases() {
-        let held = vec![
-            (TrialId::from("a"), LeaseEpoch(1)),
-            (TrialId::from("b"), LeaseEpoch(2)),
-            (TrialId::from("c"), LeaseEpoch(3)),
-        ];
-        let revoked = leases_to_revoke(&held, |t| match t.as_str() {
-            "a" => Some((TrialStatus::Running, LeaseEpoch(1))),
-            "b" => Some((TrialStatus::Running, LeaseEpoch(9))),
-            _ => None,
-        });
-        assert_eq!(revoked.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(), vec!["b", "c"]);
     }
 }

@@ -22,7 +22,7 @@ pub struct WorkerCapacity<'a> {
 
 /// The trials to lease to this worker, in the order they should start.
 pub fn trials_to_assign(pending: &[PendingTrial], worker: &WorkerCapacity<'_>) -> Vec<TrialId> {
-    let runnable = pending.iter().filter(|t| worker.job_kinds.iter().any(|k| *k == t.job_kind));
+    let runnable = pending.iter().filter(|t| worker.job_kinds.contains(&t.job_kind));
     let (mut retries, fresh): (Vec<&PendingTrial>, Vec<&PendingTrial>) = runnable.partition(|t| t.attempt > 0);
     retries.sort_by_key(|t| (t.ordinal, t.trial_id.clone()));
 

@@ -500,14 +500,13 @@ pub fn status_counts(conn: &Connection, sweep_id: &SweepId) -> Result<StatusCoun
 /// Stages one batch's points and records the batch as stored, with the trial's new objective state.
 pub fn stage_batch(
     conn: &Connection,
-    sweep_id: &SweepId,
-    trial_id: &TrialId,
-    attempt: u32,
+    trial: &TrialRow,
     seq: u64,
     points: &[NewPoint<'_>],
     obj_state: Option<&str>,
     now_ms: i64,
 ) -> Result<()> {
+    let (sweep_id, trial_id, attempt) = (&trial.sweep_id, &trial.trial_id, trial.attempt);
     let mut insert = conn.prepare_cached(
         "INSERT INTO metric_staging(sweep_id, trial_id, attempt, step, wall_time_us, name, value, staged_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -709,7 +708,8 @@ mod tests {
         let trial_id = TrialId::from("s-0");
         let points: Vec<NewPoint<'_>> =
             (0..5).map(|i| NewPoint { step: i, wall_time_us: 0, name: "loss", value: i as f64 }).collect();
-        store.transaction(|tx| stage_batch(tx, &sweep_id, &trial_id, 1, 1, &points, None, 10)).unwrap();
+        let row = trial(store.conn(), &trial_id).unwrap().unwrap();
+        store.transaction(|tx| stage_batch(tx, &row, 1, &points, None, 10)).unwrap();
         let staged = staged_points(store.conn(), &sweep_id, 0, 3).unwrap();
         assert_eq!(staged.len(), 3);
         let last = staged[2].id;

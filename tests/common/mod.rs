@@ -58,7 +58,10 @@ impl Coordinator {
         let stdout = child.stdout.take().expect("coordinator stdout");
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).expect("reading the coordinator's first line");
-        let addr = line.trim().strip_prefix("coordinator listening on ").unwrap_or_else(|| panic!("unexpected first line: {line:?}"));
+        let addr = line
+            .trim()
+            .strip_prefix("coordinator listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"));
         Coordinator { child, url: format!("http://{addr}"), state_dir, out_dir }
     }
 

@@ -45,7 +45,7 @@ impl LocalCheckpoints {
 
 impl CheckpointSink for LocalCheckpoints {
     fn wants(&self, step: u64) -> bool {
-        self.every > 0 && step > 0 && step % self.every == 0
+        self.every > 0 && step > 0 && step.is_multiple_of(self.every)
     }
 
     fn save(&mut self, checkpoint: Checkpoint) -> Result<(), JobError> {
