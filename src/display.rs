@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
 use serde_json::Value;
+use sweep_shared::params::ParamValue;
 use sweep_shared::proto::{BestResponse, SweepStatus, TrialInfo};
 
 fn table(header: Vec<&str>) -> Table {
@@ -28,12 +29,10 @@ fn params_of(json: &str) -> BTreeMap<String, Value> {
 fn value_text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
-        Value::Object(map) => {
-            let kind = map.get("schedule").and_then(Value::as_str).unwrap_or("?");
-            let fields: Vec<String> =
-                map.iter().filter(|(k, _)| *k != "schedule").map(|(k, v)| format!("{k}={v}")).collect();
-            format!("{kind}({})", fields.join(","))
-        }
+        Value::Object(_) => match serde_json::from_value::<ParamValue>(v.clone()) {
+            Ok(value) => value.to_string(),
+            Err(_) => v.to_string(),
+        },
         other => other.to_string(),
     }
 }
@@ -123,6 +122,6 @@ mod tests {
         let b = params_of(r#"{"lr":0.2,"gamma":0.99,"epsilon":{"schedule":"constant","value":0.1}}"#);
         assert_eq!(varying_keys(&[a.clone(), b]), vec!["lr".to_string()]);
         assert_eq!(varying_keys(std::slice::from_ref(&a)).len(), 3);
-        assert_eq!(value_text(&a["epsilon"]), "constant(value=0.1)");
+        assert_eq!(value_text(&a["epsilon"]), "constant(0.1)");
     }
 }

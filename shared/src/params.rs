@@ -130,6 +130,9 @@ impl EpsilonSchedule {
 
 impl fmt::Display for EpsilonSchedule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if *self == EpsilonSchedule::LAB_ADAPTIVE {
+            return f.write_str("adaptive");
+        }
         match *self {
             EpsilonSchedule::Constant { value } => write!(f, "constant({value})"),
             EpsilonSchedule::Linear { start, end, episodes } => {

@@ -118,6 +118,10 @@ pub struct QtableArgs {
     /// The trial seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Repeat the run (same seed, same work) until this many seconds have passed; the rates are
+    /// over all runs, so a short run is not one noisy sample.
+    #[arg(long, default_value_t = 1.0)]
+    pub min_seconds: f64,
 }
 
 #[derive(Args)]
@@ -321,12 +325,7 @@ async fn trials(args: &TrialsArgs) -> anyhow::Result<Report> {
     let outcome = async {
         let grpc = grpc_trials(&workspace, args.trials, cluster.workers, cluster.slots).await?;
         let core = core_only(&workspace.path.join("core"), &trials_spec("bench-trials-core", args.trials), 1).await?;
-        ensure!(
-            core.completed == args.trials,
-            "core-only run completed {} of {} trials",
-            core.completed,
-            args.trials
-        );
+        ensure!(core.completed == args.trials, "core-only run completed {} of {} trials", core.completed, args.trials);
         Ok((grpc, core))
     }
     .await;
@@ -335,14 +334,22 @@ async fn trials(args: &TrialsArgs) -> anyhow::Result<Report> {
         bench: "trials",
         measurements: vec![
             grpc,
-            Measurement::new("core only: submit, acquire 1, 1-point batch, complete", "trials", args.trials, core.seconds),
+            Measurement::new(
+                "core only: submit, acquire 1, 1-point batch, complete",
+                "trials",
+                args.trials,
+                core.seconds,
+            ),
         ],
         comparisons: Vec::new(),
-        notes: vec![format!(
-            "trivial quadratic trials (1 metric point each); gRPC row timed from submit to status.finished \
-             (polled every {} ms); core row in-process, no gRPC",
-            STATUS_POLL.as_millis()
-        )],
+        notes: vec![
+            format!(
+                "trivial quadratic trials (1 metric point each); gRPC row timed from submit to status.finished \
+                 (polled every {} ms); core row in-process, no gRPC",
+                STATUS_POLL.as_millis()
+            ),
+            core.phases.describe(args.trials),
+        ],
     })
 }
 
@@ -412,7 +419,7 @@ async fn metrics(args: &MetricsArgs) -> anyhow::Result<Report> {
         let core = core_only(&workspace.path.join("core"), &metrics_spec("bench-metrics-core", args.trials, steps), steps)
             .await?;
         ensure!(core.metric_rows == points, "core-only run exported {} of {points} points", core.metric_rows);
-        Ok((grpc, core.seconds))
+        Ok((grpc, core))
     }
     .await;
     let (grpc, core) = workspace.finish(outcome)?;
@@ -420,16 +427,25 @@ async fn metrics(args: &MetricsArgs) -> anyhow::Result<Report> {
         bench: "metrics",
         measurements: vec![
             Measurement::new(
-                format!("gRPC path: {} trials x {steps} steps, {} workers x {} slots", args.trials, args.workers, args.slots),
+                format!(
+                    "gRPC path: {} trials x {steps} steps, {} workers x {} slots",
+                    args.trials, args.workers, args.slots
+                ),
                 "points",
                 points,
                 grpc,
             ),
-            Measurement::new(format!("core only: {WORKER_BATCH_POINTS}-point batches, no gRPC"), "points", points, core),
+            Measurement::new(
+                format!("core only: {WORKER_BATCH_POINTS}-point batches, no gRPC"),
+                "points",
+                points,
+                core.seconds,
+            ),
         ],
         comparisons: Vec::new(),
         notes: vec![
             "timed from submit until finished and exported; Parquet metric rows checked against trials x steps".into(),
+            core.phases.describe(args.trials),
         ],
     })
 }
@@ -443,6 +459,33 @@ struct CoreRun {
     seconds: f64,
     completed: u64,
     metric_rows: u64,
+    /// Time spent in each core call, summed over the run: where a trial's cost goes.
+    phases: CorePhases,
+}
+
+#[derive(Debug, Default)]
+struct CorePhases {
+    submit: Duration,
+    acquire: Duration,
+    append_metrics: Duration,
+    complete: Duration,
+    export: Duration,
+}
+
+impl CorePhases {
+    /// One line: the submit and export totals, and the per-trial mean of the other calls.
+    fn describe(&self, trials: u64) -> String {
+        let per_trial = |d: Duration| d.as_secs_f64() * 1e6 / trials.max(1) as f64;
+        format!(
+            "core only, per trial: acquire {:.0} us, append_metrics {:.0} us, complete {:.0} us; \
+             submit {:.3} s, export {:.3} s in all",
+            per_trial(self.acquire),
+            per_trial(self.append_metrics),
+            per_trial(self.complete),
+            self.submit.as_secs_f64(),
+            self.export.as_secs_f64()
+        )
+    }
 }
 
 /// Runs a `quadratic` sweep through the coordinator's core alone: submit, then per trial one
@@ -455,11 +498,12 @@ async fn core_only(dir: &Path, spec_yaml: &str, steps: u64) -> anyhow::Result<Co
         let catalog: Arc<dyn JobCatalog> = Arc::new(JobRegistry::builtin());
         let mut core = Core::open(config, catalog, Arc::new(Notify::new())).context("opening the core")?;
         let worker = core.register("bench", vec!["quadratic".into()], vec!["cpu".into()], 1)?;
+        let mut phases = CorePhases::default();
         let started = Instant::now();
-        let sweep_id = core.submit(&spec_yaml, "bench")?.sweep_id;
+        let sweep_id = timed(&mut phases.submit, || core.submit(&spec_yaml, "bench"))?.sweep_id;
         let mut completed = 0;
         loop {
-            let leases = core.acquire(&worker, 1)?;
+            let leases = timed(&mut phases.acquire, || core.acquire(&worker, 1))?;
             if leases.is_empty() {
                 break;
             }
@@ -474,24 +518,33 @@ async fn core_only(dir: &Path, spec_yaml: &str, steps: u64) -> anyhow::Result<Co
                         .map(|s| IncomingPoint { step: s, name: "loss".into(), value: 0.5, wall_time_us })
                         .collect();
                     seq += 1;
-                    core.append_metrics(IncomingBatch {
+                    let batch = IncomingBatch {
                         trial_id: trial.trial_id.clone(),
                         epoch: trial.epoch,
                         attempt: trial.attempt,
                         seq,
                         points,
-                    })?;
+                    };
+                    timed(&mut phases.append_metrics, || core.append_metrics(batch))?;
                     step = batch_end;
                 }
-                core.complete(&trial.trial_id, trial.epoch, seq, 0.0)?;
+                timed(&mut phases.complete, || core.complete(&trial.trial_id, trial.epoch, seq, 0.0))?;
                 completed += 1;
             }
         }
-        let exported = core.export(&sweep_id)?;
-        Ok(CoreRun { seconds: started.elapsed().as_secs_f64(), completed, metric_rows: exported.metric_rows })
+        let exported = timed(&mut phases.export, || core.export(&sweep_id))?;
+        Ok(CoreRun { seconds: started.elapsed().as_secs_f64(), completed, metric_rows: exported.metric_rows, phases })
     })
     .await
     .context("core-only bench thread")?
+}
+
+/// Runs `f`, adding its duration to `total`.
+fn timed<T>(total: &mut Duration, f: impl FnOnce() -> T) -> T {
+    let started = Instant::now();
+    let out = f();
+    *total += started.elapsed();
+    out
 }
 
 fn now_us() -> i64 {
@@ -500,14 +553,27 @@ fn now_us() -> i64 {
 
 // ---------------------------------------------------------------------------------------- qtable
 
-/// What one in-process `cartpole-qtable` run did.
-#[derive(Debug, Clone)]
+/// What in-process `cartpole-qtable` runs of one configuration did, summed over the runs.
+#[derive(Debug, Clone, Default)]
 struct QtableRun {
-    episodes: u64,
-    env_steps: u64,
+    runs: u64,
+    /// Episodes of each run.
+    episodes_per_run: u64,
+    /// CartPole steps of each run (every run repeats the first exactly).
+    env_steps_per_run: u64,
     seconds: f64,
     /// `mear` of the last full window, to see that the run learned like the Python one.
     mear_last_window: Option<f64>,
+}
+
+impl QtableRun {
+    fn episodes_per_second(&self) -> f64 {
+        (self.runs * self.episodes_per_run) as f64 / self.seconds
+    }
+
+    fn env_steps_per_second(&self) -> f64 {
+        (self.runs * self.env_steps_per_run) as f64 / self.seconds
+    }
 }
 
 impl QtableRun {
@@ -515,12 +581,21 @@ impl QtableRun {
         Report {
             bench: "qtable",
             measurements: vec![
-                Measurement::new("cartpole-qtable episodes, one core", "episodes", self.episodes, self.seconds),
-                Measurement::new("CartPole env steps, one core", "steps", self.env_steps, self.seconds),
+                Measurement::new(
+                    "cartpole-qtable episodes, one core",
+                    "episodes",
+                    self.runs * self.episodes_per_run,
+                    self.seconds,
+                ),
+                Measurement::new("CartPole env steps, one core", "steps", self.runs * self.env_steps_per_run, self.seconds),
             ],
             comparisons: Vec::new(),
             notes: vec![format!(
-                "config: {QTABLE_CONFIG_TEXT}; mear of the last window: {}",
+                "{} runs of {} episodes ({} env steps each), seed fixed; config: {QTABLE_CONFIG_TEXT}; \
+                 mear of the last window: {}",
+                self.runs,
+                self.episodes_per_run,
+                self.env_steps_per_run,
                 self.mear_last_window.map_or("-".into(), |m| format!("{m:.1}"))
             )],
         }
@@ -584,8 +659,21 @@ impl MetricSink for CountingSink {
 
 async fn qtable(args: &QtableArgs) -> anyhow::Result<QtableRun> {
     ensure!(args.episodes > 0, "--episodes must be at least 1");
-    let (episodes, seed) = (args.episodes, args.seed);
-    tokio::task::spawn_blocking(move || run_qtable(episodes, seed)).await.context("Q-table bench thread")?
+    ensure!(args.min_seconds.is_finite() && args.min_seconds >= 0.0, "--min-seconds must be a number of seconds");
+    let (episodes, seed, min_seconds) = (args.episodes, args.seed, args.min_seconds);
+    tokio::task::spawn_blocking(move || {
+        let mut total = QtableRun { episodes_per_run: episodes, ..QtableRun::default() };
+        while total.runs == 0 || total.seconds < min_seconds {
+            let run = run_qtable(episodes, seed)?;
+            total.runs += 1;
+            total.env_steps_per_run = run.env_steps_per_run;
+            total.seconds += run.seconds;
+            total.mear_last_window = run.mear_last_window;
+        }
+        Ok(total)
+    })
+    .await
+    .context("Q-table bench thread")?
 }
 
 /// Builds `cartpole-qtable` through the registry like a worker does, and runs it on this thread.
@@ -595,11 +683,18 @@ fn run_qtable(episodes: u64, seed: u64) -> anyhow::Result<QtableRun> {
     let params = params_with(factory.schema(), &qtable_overrides(episodes)?)?;
     let mut job = factory.create(&params, seed).context("building the Q-table job")?;
     let mut sink = CountingSink::default();
-    let mut ctx = JobContext { seed, metrics: &mut sink, checkpoints: &mut NoCheckpoints, cancel: CancelFlag::default() };
+    let mut ctx =
+        JobContext { seed, metrics: &mut sink, checkpoints: &mut NoCheckpoints, cancel: CancelFlag::default() };
     let started = Instant::now();
     job.run(&mut ctx).context("running the Q-table job")?;
     let seconds = started.elapsed().as_secs_f64();
-    Ok(QtableRun { episodes, env_steps: sink.reward_sum as u64, seconds, mear_last_window: sink.last_mear })
+    Ok(QtableRun {
+        runs: 1,
+        episodes_per_run: episodes,
+        env_steps_per_run: sink.reward_sum as u64,
+        seconds,
+        mear_last_window: sink.last_mear,
+    })
 }
 
 // --------------------------------------------------------------------------------------- compare
@@ -636,7 +731,7 @@ async fn compare(args: &CompareArgs) -> anyhow::Result<Report> {
     .await;
     let (ours_trials, optuna) = workspace.finish(outcome)?;
 
-    let ours_qtable = qtable(&QtableArgs { episodes: args.episodes, seed: 0 }).await?;
+    let ours_qtable = qtable(&QtableArgs { episodes: args.episodes, seed: 0, min_seconds: 1.0 }).await?;
     let gym = run_python(
         &args.python,
         &args.scripts.join("qtable_gym.py"),
@@ -659,13 +754,13 @@ async fn compare(args: &CompareArgs) -> anyhow::Result<Report> {
         Comparison {
             name: "Q-table episodes: Rust job vs gymnasium + numpy".into(),
             unit: "episodes",
-            ours: ours_qtable.episodes as f64 / ours_qtable.seconds,
+            ours: ours_qtable.episodes_per_second(),
             python: json_f64(&gym, "episodes_per_sec")?,
         },
         Comparison {
             name: "Q-table env steps: Rust job vs gymnasium + numpy".into(),
             unit: "steps",
-            ours: ours_qtable.env_steps as f64 / ours_qtable.seconds,
+            ours: ours_qtable.env_steps_per_second(),
             python: gym_steps as f64 / gym_seconds,
         },
     ];
@@ -680,7 +775,7 @@ async fn compare(args: &CompareArgs) -> anyhow::Result<Report> {
             "{} episodes each ({QTABLE_CONFIG_TEXT}); env steps ours {} vs python {gym_steps}; mear of the last window \
              ours {} vs python {:.1}",
             args.episodes,
-            ours_qtable.env_steps,
+            ours_qtable.env_steps_per_run,
             ours_qtable.mear_last_window.map_or("-".into(), |m| format!("{m:.1}")),
             json_f64(&gym, "mear_last_window")?
         ),
@@ -811,7 +906,12 @@ impl LocalCluster {
     /// Runs a small sweep to its end: the workers are up, registered and connected afterwards.
     async fn warm_up(&self, client: &mut SweepClient) -> anyhow::Result<()> {
         let run = self.run_sweep(client, &trials_spec("bench-warm-up", self.slots_total * 4), false).await?;
-        ensure!(run.status.failed == 0, "{} warm-up trials failed; logs in {}", run.status.failed, self.log_dir.display());
+        ensure!(
+            run.status.failed == 0,
+            "{} warm-up trials failed; logs in {}",
+            run.status.failed,
+            self.log_dir.display()
+        );
         Ok(())
     }
 
@@ -936,8 +1036,9 @@ mod tests {
     #[test]
     fn qtable_run_counts_episodes_and_steps() {
         let run = run_qtable(20, 1).unwrap();
-        assert_eq!(run.episodes, 20);
-        assert!(run.env_steps >= 20 * 8, "a CartPole episode lasts at least 8 steps: {}", run.env_steps);
+        assert_eq!(run.episodes_per_run, 20);
+        let steps = run.env_steps_per_run;
+        assert!(steps >= 20 * 8, "a CartPole episode lasts at least 8 steps: {steps}");
         assert!(run.mear_last_window.is_none(), "no 1,000-episode window closed");
     }
 
