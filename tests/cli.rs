@@ -75,7 +75,7 @@ async fn the_coordinator_refuses_a_bad_spec_and_keeps_what_it_had() {
         "\u{0}\u{1}garbage: [",
     ] {
         let err = client
-            .submit(sweep_shared::proto::SubmitRequest { spec_yaml: bad.into(), source_name: "bad.yaml".into() })
+            .submit(sweep_shared::proto::SubmitRequest { spec_yaml: bad.into(), source_name: "bad.yaml".into(), extend: false })
             .await
             .expect_err("accepted a bad spec");
         assert!(matches!(err.code(), tonic::Code::InvalidArgument | tonic::Code::AlreadyExists), "{err:?}");

@@ -19,6 +19,7 @@ use sweep_shared::spec::{parse_spec, Goal, MetricSpec, SweepSpec};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
+use crate::checkpoint_store::{checkpoint_key, CheckpointStore, DirCheckpointStore};
 use crate::clock::now_ms;
 use crate::config::CoordinatorConfig;
 use crate::error::{CoordinatorError, Result};
@@ -28,7 +29,9 @@ use crate::parquet::metrics::MetricsSink;
 use crate::parquet::trials::{trials_path, write_trials};
 use crate::scheduler::{trials_to_assign, WorkerCapacity};
 use crate::stats::{summarize_configs, ConfigStats};
-use crate::store::{self, NewPoint, NewTrial, StatusCounts, Store, SweepRow, TrialRow, TrialStatus, WorkerRow};
+use crate::store::{
+    self, CheckpointRow, NewPoint, NewTrial, StatusCounts, Store, SweepRow, TrialRow, TrialStatus, WorkerRow,
+};
 
 /// How many pending trials the scheduler looks at per acquire.
 const CANDIDATES_PER_ACQUIRE: usize = 1024;
@@ -45,6 +48,8 @@ struct WorkerInfo {
 pub struct Lease {
     pub trial: TrialRow,
     pub deadline_ms: i64,
+    /// The checkpoint the attempt resumes from.
+    pub checkpoint: Option<CheckpointRow>,
 }
 
 /// One metric batch as received from a worker.
@@ -77,6 +82,19 @@ pub struct SubmitOutcome {
     pub sweep_id: SweepId,
     pub trials: u64,
     pub existing: bool,
+    pub added: u64,
+}
+
+/// A checkpoint upload, verified by the service (size and sha256) and put in the store.
+#[derive(Debug, Clone)]
+pub struct StoredCheckpoint {
+    pub trial_id: TrialId,
+    pub epoch: LeaseEpoch,
+    pub attempt: u32,
+    pub step: u64,
+    pub sha256: String,
+    pub bytes: u64,
+    pub store_key: String,
 }
 
 /// A sweep's progress.
@@ -110,6 +128,7 @@ pub struct Core {
     last_trials_write_ms: i64,
     /// Wakes acquire calls that wait for work when trials become pending.
     work_available: Arc<Notify>,
+    checkpoints: Arc<dyn CheckpointStore>,
 }
 
 impl Core {
@@ -120,6 +139,26 @@ impl Core {
         let mut store = Store::open(&config.state_dir.join("sweep.db"))?;
         let sink = MetricsSink::new(config.out_dir.clone(), config.flush_rows, config.flush_interval);
         sink.recover(&mut store)?;
+        let checkpoints: Arc<dyn CheckpointStore> = Arc::new(DirCheckpointStore::open(config.checkpoint_dir.clone())?);
+        let now = now_ms();
+        if config.requeue_running_at_start {
+            let running = store::running_trials(store.conn())?;
+            store.transaction(|tx| {
+                for trial in &running {
+                    store::hand_back(tx, &trial.trial_id)?;
+                    store::record_event(tx, Some(&trial.trial_id), "interrupted", "handed back at resume", now)?;
+                }
+                Ok(())
+            })?;
+            if !running.is_empty() {
+                info!(trials = running.len(), "interrupted trials handed back for resume");
+            }
+        } else {
+            let n = store::extend_running_leases(store.conn(), now + config.restart_grace.as_millis() as i64)?;
+            if n > 0 {
+                info!(trials = n, grace_ms = config.restart_grace.as_millis() as u64, "running leases wait for their workers");
+            }
+        }
         let mut workers = HashMap::new();
         {
             let mut stmt = store.conn().prepare("SELECT worker_id, job_kinds, devices FROM workers")?;
@@ -154,6 +193,7 @@ impl Core {
             dirty_sweeps: HashSet::new(),
             last_trials_write_ms: 0,
             work_available,
+            checkpoints,
         })
     }
 
@@ -165,7 +205,7 @@ impl Core {
 
     /// Validates a spec, expands it and stores the sweep with all its trials in one transaction.
     /// The same spec submitted again is a no-op; a different spec under an existing name is refused.
-    pub fn submit(&mut self, spec_yaml: &str, source_name: &str) -> Result<SubmitOutcome> {
+    pub fn submit(&mut self, spec_yaml: &str, source_name: &str, extend: bool) -> Result<SubmitOutcome> {
         if spec_yaml.len() > limits::MAX_SPEC_BYTES {
             return Err(CoordinatorError::InvalidRequest(format!(
                 "spec is {} bytes; the limit is {}",
@@ -180,14 +220,31 @@ impl Core {
             .schema(&spec.job_kind)
             .ok_or_else(|| CoordinatorError::InvalidSpec(format!("unknown job kind '{}'", spec.job_kind)))?;
         let fingerprint = spec.fingerprint();
-        if let Some(existing) = store::sweep(self.store.conn(), &spec.name)? {
+        let existing = store::sweep(self.store.conn(), &spec.name)?;
+        if let Some(existing) = &existing {
             if existing.fingerprint == fingerprint {
-                return Ok(SubmitOutcome { sweep_id: existing.sweep_id, trials: existing.total, existing: true });
+                return Ok(SubmitOutcome {
+                    sweep_id: existing.sweep_id.clone(),
+                    trials: existing.total,
+                    existing: true,
+                    added: 0,
+                });
             }
-            return Err(CoordinatorError::AlreadyExists(format!(
-                "sweep '{}' exists with a different spec; give the new spec another name",
-                spec.name
-            )));
+            if !extend {
+                return Err(CoordinatorError::AlreadyExists(format!(
+                    "sweep '{}' exists with a different spec; resubmit with --extend to add the new spec's trials, \
+                     or give it another name",
+                    spec.name
+                )));
+            }
+            let stored: SweepSpec = serde_json::from_str(&existing.spec_json)
+                .map_err(|e| CoordinatorError::Corrupt(format!("stored spec of sweep {}: {e}", existing.sweep_id)))?;
+            if stored.job_kind != spec.job_kind || stored.metric != spec.metric {
+                return Err(CoordinatorError::InvalidSpec(format!(
+                    "--extend keeps a sweep's job kind and metric; sweep '{}' runs {} for {} ({})",
+                    spec.name, stored.job_kind, stored.metric.name, stored.metric.goal
+                )));
+            }
         }
         let plans = space::expand(&spec, schema);
         if plans.is_empty() {
@@ -202,16 +259,42 @@ impl Core {
             )));
         }
         let spec_json = serde_json::to_string(&spec).map_err(|e| CoordinatorError::InvalidSpec(e.to_string()))?;
-        let sweep = SweepRow {
+        let mut sweep = SweepRow {
             sweep_id: spec.name.clone(),
             spec_yaml: spec_yaml.to_string(),
             spec_json,
             fingerprint,
             job_kind: spec.job_kind.clone(),
             total: plans.len() as u64,
-            created_ms: now_ms(),
+            created_ms: existing.as_ref().map_or_else(now_ms, |e| e.created_ms),
         };
-        self.store.transaction(|tx| {
+        let added = self.store.transaction(|tx| {
+            if existing.is_some() {
+                // Extend: keep every stored trial, add the new spec's trials that are not there yet.
+                let mut added = 0u64;
+                let first_ordinal = store::trial_count(tx, &sweep.sweep_id)?;
+                for plan in &plans {
+                    if store::trial_exists(tx, &plan.trial_id)? {
+                        continue;
+                    }
+                    store::insert_trial(
+                        tx,
+                        &NewTrial {
+                            trial_id: &plan.trial_id,
+                            sweep_id: &sweep.sweep_id,
+                            ordinal: first_ordinal + added,
+                            config_id: plan.config_id.as_str(),
+                            seed: plan.seed,
+                            params_json: &plan.params.canonical_json(),
+                            job_kind: &sweep.job_kind,
+                        },
+                    )?;
+                    added += 1;
+                }
+                sweep.total = store::trial_count(tx, &sweep.sweep_id)?;
+                store::update_sweep_spec(tx, &sweep)?;
+                return Ok(added);
+            }
             store::insert_sweep(tx, &sweep)?;
             for plan in &plans {
                 store::insert_trial(
@@ -227,13 +310,13 @@ impl Core {
                     },
                 )?;
             }
-            Ok(())
+            Ok(plans.len() as u64)
         })?;
-        info!(sweep = %sweep.sweep_id, trials = plans.len(), "sweep submitted");
+        info!(sweep = %sweep.sweep_id, trials = sweep.total, added, extended = existing.is_some(), "sweep submitted");
         self.metrics.insert(sweep.sweep_id.clone(), spec.metric);
         self.dirty_sweeps.insert(sweep.sweep_id.clone());
         self.work_available.notify_waiters();
-        Ok(SubmitOutcome { sweep_id: sweep.sweep_id, trials: plans.len() as u64, existing: false })
+        Ok(SubmitOutcome { sweep_id: sweep.sweep_id, trials: sweep.total, existing: false, added })
     }
 
     fn sweep_row(&self, sweep_id: &SweepId) -> Result<SweepRow> {
@@ -314,6 +397,7 @@ impl Core {
 
     fn finalize(&mut self, sweep_id: &SweepId) -> Result<()> {
         self.sink.flush_sweep(&mut self.store, sweep_id)?;
+        self.sink.apply_supersessions(&mut self.store, sweep_id)?;
         self.write_trials_file(sweep_id)
     }
 
@@ -376,11 +460,13 @@ impl Core {
             let mut leases = Vec::with_capacity(chosen.len());
             for trial_id in &chosen {
                 let epoch = store::next_epoch(tx)?;
-                if store::grant_lease(tx, trial_id, worker_id, &device, epoch, deadline_ms, now)? {
-                    if let Some(trial) = store::trial(tx, trial_id)? {
-                        leases.push(Lease { trial, deadline_ms });
-                    }
+                if !store::grant_lease(tx, trial_id, worker_id, &device, epoch, deadline_ms, now)? {
+                    continue;
                 }
+                let Some(trial) = store::trial(tx, trial_id)? else { continue };
+                let checkpoint = resume_point(tx, &trial)?;
+                let Some(trial) = store::trial(tx, trial_id)? else { continue };
+                leases.push(Lease { trial, deadline_ms, checkpoint });
             }
             Ok(leases)
         })?;
@@ -473,14 +559,14 @@ impl Core {
             .and_then(|s| s.value(&metric.summary));
         let wall = wall_seconds.is_finite().then_some(wall_seconds);
         store::finish(self.store.conn(), trial_id, TrialStatus::Completed, objective, wall, None, now_ms())?;
-        self.trial_ended(&trial.sweep_id)
+        self.trial_ended(trial_id, &trial.sweep_id)
     }
 
     /// A failed attempt: retried unless the failure is the job's own or attempts ran out.
     pub fn fail(&mut self, trial_id: &TrialId, epoch: LeaseEpoch, error: &str, permanent: bool) -> Result<bool> {
         let trial = self.fenced_trial(trial_id, epoch)?;
         let error: String = error.chars().take(4096).collect();
-        let retry = !permanent && trial.attempt < self.policy.max_attempts;
+        let retry = !permanent && trial.charged_attempts() < self.policy.max_attempts;
         if retry {
             warn!(trial = %trial_id, attempt = trial.attempt, error = %error, "trial attempt failed; retrying");
             store::requeue(self.store.conn(), trial_id, Some(&error))?;
@@ -489,7 +575,7 @@ impl Core {
         } else {
             warn!(trial = %trial_id, attempt = trial.attempt, error = %error, "trial failed");
             store::finish(self.store.conn(), trial_id, TrialStatus::Failed, None, None, Some(&error), now_ms())?;
-            self.trial_ended(&trial.sweep_id)?;
+            self.trial_ended(&trial.trial_id, &trial.sweep_id)?;
         }
         Ok(retry)
     }
@@ -504,7 +590,9 @@ impl Core {
         Ok(())
     }
 
-    fn trial_ended(&mut self, sweep_id: &SweepId) -> Result<()> {
+    fn trial_ended(&mut self, trial_id: &TrialId, sweep_id: &SweepId) -> Result<()> {
+        let keys = store::drop_checkpoints(self.store.conn(), trial_id)?;
+        self.delete_checkpoint_files(&keys);
         self.dirty_sweeps.insert(sweep_id.clone());
         let counts = store::status_counts(self.store.conn(), sweep_id)?;
         if counts.unfinished() == 0 {
@@ -512,6 +600,92 @@ impl Core {
             self.finalize(sweep_id)?;
         }
         Ok(())
+    }
+
+    // ------------------------------------------------------------------ checkpoints
+
+    /// The attempt of the trial's current lease, if `epoch` is it (checked before an upload).
+    pub fn lease_attempt(&self, trial_id: &TrialId, epoch: LeaseEpoch) -> Result<u32> {
+        Ok(self.fenced_trial(trial_id, epoch)?.attempt)
+    }
+
+    pub fn checkpoint_store(&self) -> Arc<dyn CheckpointStore> {
+        self.checkpoints.clone()
+    }
+
+    /// Records an uploaded checkpoint with the trial's objective state (every metric point up to
+    /// its step is stored before the worker uploads), and prunes the trial's older checkpoints.
+    pub fn record_checkpoint(&mut self, upload: StoredCheckpoint) -> Result<u32> {
+        let trial = self.fenced_trial(&upload.trial_id, upload.epoch)?;
+        if upload.attempt != trial.attempt {
+            return Err(CoordinatorError::InvalidRequest(format!(
+                "checkpoint of trial {} names attempt {}, the lease is attempt {}",
+                trial.trial_id, upload.attempt, trial.attempt
+            )));
+        }
+        let row = CheckpointRow {
+            trial_id: trial.trial_id.clone(),
+            step: upload.step,
+            attempt: upload.attempt,
+            sha256: upload.sha256,
+            bytes: upload.bytes,
+            store_key: upload.store_key,
+            obj_state: trial.obj_state.clone(),
+        };
+        let keep = self.config.keep_checkpoints.max(1);
+        let now = now_ms();
+        let dropped = self.store.transaction(|tx| {
+            store::insert_checkpoint(tx, &row, now)?;
+            store::prune_checkpoints(tx, &row.trial_id, keep)
+        })?;
+        self.delete_checkpoint_files(&dropped);
+        Ok(store::good_checkpoints(self.store.conn(), &row.trial_id)?.len() as u32)
+    }
+
+    /// The checkpoint a lease holder may fetch: the one at `step`, if it is stored and not bad.
+    pub fn checkpoint_to_fetch(&self, trial_id: &TrialId, epoch: LeaseEpoch, step: u64) -> Result<CheckpointRow> {
+        self.fenced_trial(trial_id, epoch)?;
+        store::good_checkpoints(self.store.conn(), trial_id)?
+            .into_iter()
+            .find(|c| c.step == step)
+            .ok_or_else(|| CoordinatorError::NotFound(format!("checkpoint of trial {trial_id} at step {step}")))
+    }
+
+    /// A fetched checkpoint did not verify or restore: mark it bad, record the event, and move the
+    /// attempt's resume point to the previous good checkpoint (or step 0), which is returned.
+    pub fn bad_checkpoint(&mut self, trial_id: &TrialId, epoch: LeaseEpoch, step: u64, reason: &str) -> Result<Option<CheckpointRow>> {
+        let trial = self.fenced_trial(trial_id, epoch)?;
+        let reason: String = reason.chars().take(1024).collect();
+        let now = now_ms();
+        let fallback = self.store.transaction(|tx| {
+            if store::checkpoint(tx, trial_id, step)?.is_none() {
+                return Err(CoordinatorError::NotFound(format!("checkpoint of trial {trial_id} at step {step}")));
+            }
+            store::mark_checkpoint_bad(tx, trial_id, step, &reason)?;
+            let fallback = store::good_checkpoints(tx, trial_id)?.into_iter().find(|c| c.step < step);
+            let message = match &fallback {
+                Some(c) => format!("checkpoint at step {step} is bad ({reason}); falling back to step {}", c.step),
+                None => format!("checkpoint at step {step} is bad ({reason}); starting from step 0"),
+            };
+            store::record_event(tx, Some(trial_id), "bad_checkpoint", &message, now)?;
+            warn!(trial = %trial_id, %message, "bad checkpoint");
+            set_resume(tx, &trial, fallback.as_ref())?;
+            Ok(fallback)
+        })?;
+        Ok(fallback)
+    }
+
+    /// Recorded events of a trial (bad checkpoints, interruptions).
+    pub fn events(&self, trial_id: &TrialId) -> Result<Vec<(String, String)>> {
+        store::events(self.store.conn(), trial_id)
+    }
+
+    fn delete_checkpoint_files(&self, keys: &[String]) {
+        for key in keys {
+            if let Err(err) = self.checkpoints.delete(key) {
+                warn!(%err, key, "deleting an old checkpoint failed");
+            }
+        }
     }
 
     // ------------------------------------------------------------------ reconcile
@@ -522,7 +696,7 @@ impl Core {
         let expired = store::expired_leases(self.store.conn(), now)?;
         let mut requeued = false;
         for trial in &expired {
-            match self.policy.on_expiry(trial.attempt) {
+            match self.policy.on_expiry(trial.charged_attempts()) {
                 Expiry::Requeue => {
                     warn!(trial = %trial.trial_id, attempt = trial.attempt, worker = ?trial.worker_id, "lease expired; trial back to pending");
                     store::requeue(self.store.conn(), &trial.trial_id, Some("lease expired"))?;
@@ -540,7 +714,7 @@ impl Core {
                         Some(&message),
                         now,
                     )?;
-                    self.trial_ended(&trial.sweep_id)?;
+                    self.trial_ended(&trial.trial_id, &trial.sweep_id)?;
                 }
             }
         }
@@ -568,6 +742,29 @@ impl Core {
         }
         Ok(())
     }
+}
+
+/// Where a newly leased attempt starts: a fresh trial at step 0; a retried one at its latest good
+/// checkpoint, the older attempts' points after that step superseded.
+fn resume_point(tx: &rusqlite::Connection, trial: &TrialRow) -> Result<Option<CheckpointRow>> {
+    if trial.attempt <= 1 {
+        store::set_resume_point(tx, &trial.trial_id, None, None)?;
+        return Ok(None);
+    }
+    let checkpoint = store::good_checkpoints(tx, &trial.trial_id)?.into_iter().next();
+    set_resume(tx, trial, checkpoint.as_ref())?;
+    Ok(checkpoint)
+}
+
+fn set_resume(tx: &rusqlite::Connection, trial: &TrialRow, checkpoint: Option<&CheckpointRow>) -> Result<()> {
+    store::set_resume_point(tx, &trial.trial_id, checkpoint.map(|c| c.step), checkpoint.and_then(|c| c.obj_state.as_deref()))?;
+    store::supersede(tx, trial, trial.attempt, checkpoint.map_or(-1, |c| c.step as i64))?;
+    Ok(())
+}
+
+/// The store key for a trial's checkpoint; exposed for the service, which writes the file.
+pub fn key_for(trial_id: &TrialId, step: u64) -> String {
+    checkpoint_key(trial_id.as_str(), step)
 }
 
 fn validate_batch(batch: &IncomingBatch) -> Result<()> {

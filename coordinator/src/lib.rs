@@ -15,8 +15,10 @@
 //! - [`stats`]: trials grouped by configuration, ranked over seeds (pure).
 //! - [`store`]: SQLite schema and queries: sweeps, trials, workers, staged metric points.
 //! - [`parquet`]: `trials.parquet` and the metrics part files.
+//! - [`checkpoint_store`]: where checkpoint files live (a directory; an object store fits the trait).
 //! - [`config`], [`error`], [`clock`].
 
+pub mod checkpoint_store;
 pub mod clock;
 pub mod config;
 pub mod core;

@@ -1,26 +1,32 @@
 //! The gRPC edge: turns wire messages into calls on the [`CoordinatorHandle`] and results back
 //! into wire messages. It validates shapes (ids present, sizes bounded) and decides nothing else.
 
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;
 
 use futures::Stream;
+use sha2::{Digest, Sha256};
+use sweep_shared::limits;
 use sweep_shared::ids::{LeaseEpoch, SweepId, TrialId, WorkerId};
 use sweep_shared::proto::{
     self, metric_ack, sweep_service_server::SweepService, worker_service_server::WorkerService, AcquireRequest,
-    AcquireResponse, BestRequest, BestResponse, CancelRequest, CancelResponse, CompleteRequest, CompleteResponse,
+    AcquireResponse, BadCheckpointRequest, BadCheckpointResponse, BestRequest, CheckpointChunk, CheckpointInfo,
+    CheckpointReceipt, FetchCheckpointRequest, BestResponse, CancelRequest, CancelResponse, CompleteRequest, CompleteResponse,
     ExportRequest, ExportResponse, FailRequest, FailResponse, HeartbeatRequest, HeartbeatResponse, LeaseRef,
     ListSweepsRequest, ListSweepsResponse, ListTrialsRequest, ListTrialsResponse, MetricAck, MetricBatch,
     RegisterRequest, RegisterResponse, ReleaseRequest, ReleaseResponse, StatusRequest, SubmitRequest, SubmitResponse,
     SweepStatus, TrialInfo, TrialLease,
 };
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
 
-use crate::core::{BatchOutcome, IncomingBatch, IncomingPoint, SweepProgress};
+use crate::core::{BatchOutcome, IncomingBatch, IncomingPoint, StoredCheckpoint, SweepProgress};
+use crate::store::CheckpointRow;
 use crate::error::CoordinatorError;
 use crate::handle::CoordinatorHandle;
 
@@ -61,6 +67,22 @@ fn lease_to_wire(lease: crate::core::Lease) -> TrialLease {
         epoch: t.epoch.0,
         device: t.device.unwrap_or_default(),
         deadline_unix_ms: lease.deadline_ms.max(0) as u64,
+        checkpoint: lease.checkpoint.as_ref().map(checkpoint_info),
+    }
+}
+
+fn checkpoint_info(c: &CheckpointRow) -> CheckpointInfo {
+    CheckpointInfo { step: c.step, sha256: c.sha256.clone(), bytes: c.bytes, attempt: c.attempt }
+}
+
+/// Deletes an upload's temp file unless it was handed to the store.
+struct TempUpload(Option<PathBuf>);
+
+impl Drop for TempUpload {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
@@ -85,6 +107,7 @@ fn progress_to_wire(p: SweepProgress) -> SweepStatus {
 }
 
 type AckStream = Pin<Box<dyn Stream<Item = Result<MetricAck, Status>> + Send + 'static>>;
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<CheckpointChunk, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl WorkerService for Service {
@@ -195,6 +218,158 @@ impl WorkerService for Service {
         Ok(Response::new(FailResponse { will_retry }))
     }
 
+    async fn upload_checkpoint(
+        &self,
+        request: Request<Streaming<CheckpointChunk>>,
+    ) -> Result<Response<CheckpointReceipt>, Status> {
+        let mut chunks = request.into_inner();
+        let first = chunks.message().await?.ok_or_else(|| Status::invalid_argument("empty checkpoint upload"))?;
+        id_field(&first.trial_id, "trial_id")?;
+        let info = first.info.clone().ok_or_else(|| Status::invalid_argument("the first checkpoint chunk lacks info"))?;
+        if info.sha256.len() != 64 || !info.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(Status::invalid_argument("checkpoint sha256 must be 64 hex digits"));
+        }
+        if info.bytes > limits::MAX_CHECKPOINT_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "checkpoint of {} bytes exceeds the limit of {}",
+                info.bytes,
+                limits::MAX_CHECKPOINT_BYTES
+            )));
+        }
+        if info.step > i64::MAX as u64 {
+            return Err(Status::invalid_argument("checkpoint step is too large"));
+        }
+        let trial_id = TrialId(first.trial_id.clone());
+        let epoch = LeaseEpoch(first.epoch);
+        let fenced = trial_id.clone();
+        let attempt = self.handle.call(move |core| core.lease_attempt(&fenced, epoch)).await?;
+        if attempt != first.attempt {
+            return Err(Status::failed_precondition(format!(
+                "checkpoint names attempt {}, the lease is attempt {attempt}",
+                first.attempt
+            )));
+        }
+        let store = self.handle.call(|core| Ok(core.checkpoint_store())).await?;
+        let tmp_path = store.incoming_dir().join(format!("{}.upload", uuid::Uuid::new_v4()));
+        let mut tmp = TempUpload(Some(tmp_path.clone()));
+        let mut file = tokio::fs::File::create(&tmp_path)
+            .await
+            .map_err(|e| Status::internal(format!("creating {}: {e}", tmp_path.display())))?;
+        let mut hasher = Sha256::new();
+        let mut received = 0u64;
+        let mut next = Some(first);
+        while let Some(chunk) = next {
+            received += chunk.data.len() as u64;
+            if received > info.bytes {
+                return Err(Status::invalid_argument(format!("checkpoint is longer than the announced {} bytes", info.bytes)));
+            }
+            hasher.update(&chunk.data);
+            file.write_all(&chunk.data).await.map_err(|e| Status::internal(format!("writing checkpoint: {e}")))?;
+            next = chunks.message().await?;
+        }
+        if received != info.bytes {
+            return Err(Status::invalid_argument(format!(
+                "checkpoint upload cut short: {received} of {} bytes",
+                info.bytes
+            )));
+        }
+        let digest = hex::encode(hasher.finalize());
+        if !digest.eq_ignore_ascii_case(&info.sha256) {
+            return Err(Status::invalid_argument(format!(
+                "checkpoint checksum mismatch: announced {}, received {digest}",
+                info.sha256
+            )));
+        }
+        file.sync_all().await.map_err(|e| Status::internal(format!("syncing checkpoint: {e}")))?;
+        drop(file);
+        let key = crate::core::key_for(&trial_id, info.step);
+        let put_key = key.clone();
+        tokio::task::spawn_blocking(move || store.put(&put_key, &tmp_path))
+            .await
+            .map_err(|e| Status::internal(format!("storing checkpoint: {e}")))??;
+        tmp.0 = None;
+        let upload = StoredCheckpoint {
+            trial_id,
+            epoch,
+            attempt,
+            step: info.step,
+            sha256: digest,
+            bytes: received,
+            store_key: key,
+        };
+        let kept = self.handle.call(move |core| core.record_checkpoint(upload)).await?;
+        Ok(Response::new(CheckpointReceipt { step: info.step, kept }))
+    }
+
+    type FetchCheckpointStream = ChunkStream;
+
+    async fn fetch_checkpoint(
+        &self,
+        request: Request<FetchCheckpointRequest>,
+    ) -> Result<Response<Self::FetchCheckpointStream>, Status> {
+        let req = request.into_inner();
+        id_field(&req.trial_id, "trial_id")?;
+        let trial_id = TrialId(req.trial_id.clone());
+        let epoch = LeaseEpoch(req.epoch);
+        let (row, store) = self
+            .handle
+            .call(move |core| Ok((core.checkpoint_to_fetch(&trial_id, epoch, req.step)?, core.checkpoint_store())))
+            .await?;
+        let key = row.store_key.clone();
+        let path = tokio::task::spawn_blocking(move || store.local_path(&key))
+            .await
+            .map_err(|e| Status::internal(format!("locating checkpoint: {e}")))??;
+        let mut file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| Status::internal(format!("opening {}: {e}", path.display())))?;
+        let (chunks, stream) = mpsc::channel(4);
+        let info = checkpoint_info(&row);
+        tokio::spawn(async move {
+            let mut first = true;
+            loop {
+                let mut data = vec![0u8; limits::CHECKPOINT_CHUNK_BYTES];
+                let n = match file.read(&mut data).await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = chunks.send(Err(Status::internal(format!("reading checkpoint: {e}")))).await;
+                        return;
+                    }
+                };
+                if n == 0 && !first {
+                    return;
+                }
+                data.truncate(n);
+                let chunk = CheckpointChunk {
+                    trial_id: if first { req.trial_id.clone() } else { String::new() },
+                    epoch: req.epoch,
+                    attempt: 0,
+                    info: first.then(|| info.clone()),
+                    data,
+                };
+                first = false;
+                // The worker hung up: stop reading.
+                if chunks.send(Ok(chunk)).await.is_err() || n == 0 {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(stream)) as ChunkStream))
+    }
+
+    async fn report_bad_checkpoint(
+        &self,
+        request: Request<BadCheckpointRequest>,
+    ) -> Result<Response<BadCheckpointResponse>, Status> {
+        let req = request.into_inner();
+        id_field(&req.trial_id, "trial_id")?;
+        let trial_id = TrialId(req.trial_id);
+        let fallback = self
+            .handle
+            .call(move |core| core.bad_checkpoint(&trial_id, LeaseEpoch(req.epoch), req.step, &req.reason))
+            .await?;
+        Ok(Response::new(BadCheckpointResponse { fallback: fallback.as_ref().map(checkpoint_info) }))
+    }
+
     async fn release_trial(&self, request: Request<ReleaseRequest>) -> Result<Response<ReleaseResponse>, Status> {
         let req = request.into_inner();
         id_field(&req.trial_id, "trial_id")?;
@@ -246,11 +421,12 @@ impl SweepService for Service {
     async fn submit(&self, request: Request<SubmitRequest>) -> Result<Response<SubmitResponse>, Status> {
         let req = request.into_inner();
         let source = if req.source_name.is_empty() { "spec".to_string() } else { req.source_name };
-        let outcome = self.handle.call(move |core| core.submit(&req.spec_yaml, &source)).await?;
+        let outcome = self.handle.call(move |core| core.submit(&req.spec_yaml, &source, req.extend)).await?;
         Ok(Response::new(SubmitResponse {
             sweep_id: outcome.sweep_id.0,
             trials: outcome.trials,
             existing: outcome.existing,
+            added: outcome.added,
         }))
     }
 
@@ -286,6 +462,8 @@ impl SweepService for Service {
                     worker_id: t.worker_id.unwrap_or_default(),
                     error: t.error.unwrap_or_default(),
                     wall_seconds: t.wall_seconds.unwrap_or(0.0),
+                    handbacks: t.handbacks,
+                    resumed_from: t.resumed_from.unwrap_or(0),
                 })
                 .collect(),
         }))

@@ -95,6 +95,8 @@ mod tests {
             finished_ms: None,
             wall_seconds: None,
             error: None,
+            handbacks: 0,
+            resumed_from: None,
         }
     }
 

@@ -86,7 +86,11 @@ CREATE TABLE IF NOT EXISTS trials (
     started_ms   INTEGER,
     finished_ms  INTEGER,
     wall_seconds REAL,
-    error        TEXT
+    error        TEXT,
+    -- leases handed back by stopping workers; not counted against max_attempts
+    handbacks    INTEGER NOT NULL DEFAULT 0,
+    -- the checkpoint step the current attempt resumed from (-1: none)
+    resumed_from INTEGER NOT NULL DEFAULT -1
 );
 CREATE INDEX IF NOT EXISTS trials_by_status ON trials(status, ordinal);
 CREATE INDEX IF NOT EXISTS trials_by_sweep ON trials(sweep_id, status);
@@ -115,6 +119,41 @@ CREATE TABLE IF NOT EXISTS metric_staging (
     staged_ms    INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS staging_by_sweep ON metric_staging(sweep_id, id);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    trial_id   TEXT NOT NULL,
+    step       INTEGER NOT NULL,
+    attempt    INTEGER NOT NULL,
+    sha256     TEXT NOT NULL,
+    bytes      INTEGER NOT NULL,
+    store_key  TEXT NOT NULL,
+    -- the trial's objective state when the checkpoint was stored (all points up to `step`)
+    obj_state  TEXT,
+    created_ms INTEGER NOT NULL,
+    bad_reason TEXT,
+    PRIMARY KEY (trial_id, step)
+);
+-- Rows of attempts before `below_attempt` with step > `after_step` are superseded by a resume.
+CREATE TABLE IF NOT EXISTS supersessions (
+    trial_id      TEXT NOT NULL,
+    sweep_id      TEXT NOT NULL,
+    below_attempt INTEGER NOT NULL,
+    after_step    INTEGER NOT NULL,
+    applied       INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (trial_id, below_attempt)
+);
+CREATE TABLE IF NOT EXISTS part_trials (
+    sweep_id  TEXT NOT NULL,
+    file_name TEXT NOT NULL,
+    trial_id  TEXT NOT NULL,
+    PRIMARY KEY (sweep_id, file_name, trial_id)
+);
+CREATE TABLE IF NOT EXISTS events (
+    id       INTEGER PRIMARY KEY,
+    at_ms    INTEGER NOT NULL,
+    trial_id TEXT,
+    kind     TEXT NOT NULL,
+    message  TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS metric_parts (
     sweep_id   TEXT NOT NULL,
     file_name  TEXT NOT NULL,
@@ -161,10 +200,22 @@ pub struct TrialRow {
     pub finished_ms: Option<i64>,
     pub wall_seconds: Option<f64>,
     pub error: Option<String>,
+    /// Leases handed back by stopping workers, not counted against max_attempts.
+    pub handbacks: u32,
+    /// The checkpoint step the current attempt resumed from; `None` when it started fresh.
+    pub resumed_from: Option<u64>,
+}
+
+impl TrialRow {
+    /// Attempts that count against max_attempts.
+    pub fn charged_attempts(&self) -> u32 {
+        self.attempt.saturating_sub(self.handbacks)
+    }
 }
 
 const TRIAL_COLUMNS: &str = "trial_id, sweep_id, ordinal, config_id, seed, params_json, job_kind, status, attempt, \
-     epoch, worker_id, device, deadline_ms, batch_seq, obj_state, objective, started_ms, finished_ms, wall_seconds, error";
+     epoch, worker_id, device, deadline_ms, batch_seq, obj_state, objective, started_ms, finished_ms, wall_seconds, error, \
+     handbacks, resumed_from";
 
 fn trial_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(TrialRow, String)> {
     let status: String = row.get(7)?;
@@ -190,6 +241,8 @@ fn trial_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(TrialRow, String
             finished_ms: row.get(17)?,
             wall_seconds: row.get(18)?,
             error: row.get(19)?,
+            handbacks: row.get::<_, i64>(20)? as u32,
+            resumed_from: u64::try_from(row.get::<_, i64>(21)?).ok(),
         },
         status,
     ))
@@ -411,7 +464,7 @@ pub fn grant_lease(
     let changed = conn
         .prepare_cached(
             "UPDATE trials SET status = 'running', attempt = attempt + 1, epoch = ?2, worker_id = ?3, device = ?4,
-             deadline_ms = ?5, batch_seq = 0, obj_state = NULL, started_ms = COALESCE(started_ms, ?6)
+             deadline_ms = ?5, batch_seq = 0, started_ms = COALESCE(started_ms, ?6)
              WHERE trial_id = ?1 AND status = 'pending'",
         )?
         .execute(params![trial_id.as_str(), epoch.0 as i64, worker_id.as_str(), device, deadline_ms, now_ms])?;
@@ -446,7 +499,7 @@ pub fn requeue(conn: &Connection, trial_id: &TrialId, error: Option<&str>) -> Re
 /// Puts a released trial back to pending without counting the attempt against it.
 pub fn hand_back(conn: &Connection, trial_id: &TrialId) -> Result<()> {
     conn.prepare_cached(
-        "UPDATE trials SET status = 'pending', attempt = MAX(attempt - 1, 0), worker_id = NULL, deadline_ms = NULL
+        "UPDATE trials SET status = 'pending', handbacks = handbacks + 1, worker_id = NULL, deadline_ms = NULL
          WHERE trial_id = ?1",
     )?
     .execute([trial_id.as_str()])?;
@@ -586,6 +639,235 @@ pub fn part_rows(conn: &Connection, sweep_id: &SweepId) -> Result<u64> {
         [sweep_id.as_str()],
         |r| r.get(0),
     )?;
+    Ok(n as u64)
+}
+
+/// A stored checkpoint of a trial.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckpointRow {
+    pub trial_id: TrialId,
+    pub step: u64,
+    pub attempt: u32,
+    pub sha256: String,
+    pub bytes: u64,
+    pub store_key: String,
+    pub obj_state: Option<String>,
+}
+
+fn checkpoint_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CheckpointRow> {
+    Ok(CheckpointRow {
+        trial_id: TrialId(r.get(0)?),
+        step: r.get::<_, i64>(1)? as u64,
+        attempt: r.get::<_, i64>(2)? as u32,
+        sha256: r.get(3)?,
+        bytes: r.get::<_, i64>(4)? as u64,
+        store_key: r.get(5)?,
+        obj_state: r.get(6)?,
+    })
+}
+
+const CHECKPOINT_COLUMNS: &str = "trial_id, step, attempt, sha256, bytes, store_key, obj_state";
+
+pub fn insert_checkpoint(conn: &Connection, ckpt: &CheckpointRow, now_ms: i64) -> Result<()> {
+    conn.execute(
+        "INSERT OR REPLACE INTO checkpoints(trial_id, step, attempt, sha256, bytes, store_key, obj_state, created_ms, bad_reason)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL)",
+        params![
+            ckpt.trial_id.as_str(),
+            ckpt.step as i64,
+            ckpt.attempt,
+            ckpt.sha256,
+            ckpt.bytes as i64,
+            ckpt.store_key,
+            ckpt.obj_state,
+            now_ms
+        ],
+    )?;
+    Ok(())
+}
+
+/// The trial's good checkpoints, newest (highest step) first.
+pub fn good_checkpoints(conn: &Connection, trial_id: &TrialId) -> Result<Vec<CheckpointRow>> {
+    let sql = format!(
+        "SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE trial_id = ?1 AND bad_reason IS NULL ORDER BY step DESC"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map([trial_id.as_str()], checkpoint_from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+pub fn checkpoint(conn: &Connection, trial_id: &TrialId, step: u64) -> Result<Option<CheckpointRow>> {
+    let sql = format!("SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE trial_id = ?1 AND step = ?2");
+    Ok(conn.query_row(&sql, params![trial_id.as_str(), step as i64], checkpoint_from_row).optional()?)
+}
+
+pub fn mark_checkpoint_bad(conn: &Connection, trial_id: &TrialId, step: u64, reason: &str) -> Result<()> {
+    conn.execute(
+        "UPDATE checkpoints SET bad_reason = ?3 WHERE trial_id = ?1 AND step = ?2",
+        params![trial_id.as_str(), step as i64, reason],
+    )?;
+    Ok(())
+}
+
+/// Drops all but the newest `keep` checkpoints of a trial (bad ones included); returns the store
+/// keys of the dropped ones, for the caller to delete.
+pub fn prune_checkpoints(conn: &Connection, trial_id: &TrialId, keep: usize) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT step, store_key FROM checkpoints WHERE trial_id = ?1 ORDER BY step DESC LIMIT -1 OFFSET ?2",
+    )?;
+    let old: Vec<(i64, String)> = stmt
+        .query_map(params![trial_id.as_str(), keep as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    for (step, _) in &old {
+        conn.execute("DELETE FROM checkpoints WHERE trial_id = ?1 AND step = ?2", params![trial_id.as_str(), step])?;
+    }
+    Ok(old.into_iter().map(|(_, key)| key).collect())
+}
+
+/// Every checkpoint of a trial, for deletion once it ended.
+pub fn drop_checkpoints(conn: &Connection, trial_id: &TrialId) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached("SELECT store_key FROM checkpoints WHERE trial_id = ?1")?;
+    let keys = stmt.query_map([trial_id.as_str()], |r| r.get(0))?.collect::<rusqlite::Result<Vec<String>>>()?;
+    conn.execute("DELETE FROM checkpoints WHERE trial_id = ?1", [trial_id.as_str()])?;
+    Ok(keys)
+}
+
+/// Sets what a new attempt resumes from: its checkpoint step (or none) and the objective state
+/// that goes with it.
+pub fn set_resume_point(conn: &Connection, trial_id: &TrialId, step: Option<u64>, obj_state: Option<&str>) -> Result<()> {
+    conn.prepare_cached("UPDATE trials SET resumed_from = ?2, obj_state = ?3 WHERE trial_id = ?1")?.execute(params![
+        trial_id.as_str(),
+        step.map_or(-1, |s| s as i64),
+        obj_state
+    ])?;
+    Ok(())
+}
+
+/// Records that attempts before `below_attempt` are superseded after `after_step` (-1: entirely),
+/// and drops their staged points past that step.
+pub fn supersede(conn: &Connection, trial: &TrialRow, below_attempt: u32, after_step: i64) -> Result<u64> {
+    conn.execute(
+        "INSERT OR REPLACE INTO supersessions(trial_id, sweep_id, below_attempt, after_step, applied)
+         VALUES (?1, ?2, ?3, ?4, 0)",
+        params![trial.trial_id.as_str(), trial.sweep_id.as_str(), below_attempt, after_step],
+    )?;
+    let dropped = conn.execute(
+        "DELETE FROM metric_staging WHERE trial_id = ?1 AND attempt < ?2 AND step > ?3",
+        params![trial.trial_id.as_str(), below_attempt, after_step],
+    )?;
+    Ok(dropped as u64)
+}
+
+/// A supersession still to apply to a sweep's Parquet parts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Supersession {
+    pub trial_id: String,
+    pub below_attempt: u32,
+    pub after_step: i64,
+}
+
+pub fn pending_supersessions(conn: &Connection, sweep_id: &SweepId) -> Result<Vec<Supersession>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT trial_id, below_attempt, after_step FROM supersessions WHERE sweep_id = ?1 AND applied = 0",
+    )?;
+    let rows = stmt
+        .query_map([sweep_id.as_str()], |r| {
+            Ok(Supersession {
+                trial_id: r.get(0)?,
+                below_attempt: r.get::<_, i64>(1)? as u32,
+                after_step: r.get(2)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+pub fn mark_supersessions_applied(conn: &Connection, sweep_id: &SweepId) -> Result<()> {
+    conn.execute("UPDATE supersessions SET applied = 1 WHERE sweep_id = ?1", [sweep_id.as_str()])?;
+    Ok(())
+}
+
+/// Parts of a sweep that hold points of any of `trials`.
+pub fn parts_with_trials(conn: &Connection, sweep_id: &SweepId, trials: &[String]) -> Result<Vec<String>> {
+    let mut parts = std::collections::BTreeSet::new();
+    let mut stmt = conn.prepare_cached("SELECT file_name FROM part_trials WHERE sweep_id = ?1 AND trial_id = ?2")?;
+    for trial in trials {
+        for name in stmt.query_map(params![sweep_id.as_str(), trial], |r| r.get::<_, String>(0))? {
+            parts.insert(name?);
+        }
+    }
+    Ok(parts.into_iter().collect())
+}
+
+pub fn record_part_trials(conn: &Connection, sweep_id: &SweepId, file_name: &str, trials: &[String]) -> Result<()> {
+    let mut stmt =
+        conn.prepare_cached("INSERT OR IGNORE INTO part_trials(sweep_id, file_name, trial_id) VALUES (?1, ?2, ?3)")?;
+    for trial in trials {
+        stmt.execute(params![sweep_id.as_str(), file_name, trial])?;
+    }
+    Ok(())
+}
+
+/// Updates a rewritten part's row count.
+pub fn set_part_rows(conn: &Connection, sweep_id: &SweepId, file_name: &str, rows: u64) -> Result<()> {
+    conn.execute(
+        "UPDATE metric_parts SET rows = ?3 WHERE sweep_id = ?1 AND file_name = ?2",
+        params![sweep_id.as_str(), file_name, rows as i64],
+    )?;
+    Ok(())
+}
+
+/// Records something a user may ask about later (a corrupt checkpoint, a fallback).
+pub fn record_event(conn: &Connection, trial_id: Option<&TrialId>, kind: &str, message: &str, now_ms: i64) -> Result<()> {
+    conn.execute(
+        "INSERT INTO events(at_ms, trial_id, kind, message) VALUES (?1, ?2, ?3, ?4)",
+        params![now_ms, trial_id.map(|t| t.as_str()), kind, message],
+    )?;
+    Ok(())
+}
+
+/// Events of a trial, oldest first: (kind, message).
+pub fn events(conn: &Connection, trial_id: &TrialId) -> Result<Vec<(String, String)>> {
+    let mut stmt = conn.prepare_cached("SELECT kind, message FROM events WHERE trial_id = ?1 ORDER BY id")?;
+    let rows = stmt.query_map([trial_id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// After a restart: running leases get until `deadline_ms` for their workers to check in.
+pub fn extend_running_leases(conn: &Connection, deadline_ms: i64) -> Result<u64> {
+    let n = conn.execute(
+        "UPDATE trials SET deadline_ms = MAX(COALESCE(deadline_ms, 0), ?1) WHERE status = 'running'",
+        [deadline_ms],
+    )?;
+    Ok(n as u64)
+}
+
+/// Running trials, for `sweep resume`, which hands them all back at start.
+pub fn running_trials(conn: &Connection) -> Result<Vec<TrialRow>> {
+    let sql = format!("SELECT {TRIAL_COLUMNS} FROM trials WHERE status = 'running'");
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map([], trial_from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+    rows.into_iter().map(finish_trial).collect()
+}
+
+pub fn update_sweep_spec(conn: &Connection, sweep: &SweepRow) -> Result<()> {
+    conn.execute(
+        "UPDATE sweeps SET spec_yaml = ?2, spec_json = ?3, fingerprint = ?4, total = ?5 WHERE sweep_id = ?1",
+        params![sweep.sweep_id.as_str(), sweep.spec_yaml, sweep.spec_json, sweep.fingerprint, sweep.total as i64],
+    )?;
+    Ok(())
+}
+
+pub fn trial_exists(conn: &Connection, trial_id: &TrialId) -> Result<bool> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM trials WHERE trial_id = ?1")?
+        .query_row([trial_id.as_str()], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+pub fn trial_count(conn: &Connection, sweep_id: &SweepId) -> Result<u64> {
+    let n: i64 = conn.query_row("SELECT COUNT(*) FROM trials WHERE sweep_id = ?1", [sweep_id.as_str()], |r| r.get(0))?;
     Ok(n as u64)
 }
 

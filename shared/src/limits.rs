@@ -12,3 +12,7 @@ pub const MAX_SPEC_BYTES: usize = 1024 * 1024;
 pub const MAX_TRIALS_PER_SWEEP: u64 = 1_000_000;
 /// Most leases one acquire call hands out.
 pub const MAX_LEASES_PER_ACQUIRE: u32 = 256;
+/// Largest checkpoint the coordinator stores.
+pub const MAX_CHECKPOINT_BYTES: u64 = 4 * 1024 * 1024 * 1024;
+/// Bytes per checkpoint chunk on the wire.
+pub const CHECKPOINT_CHUNK_BYTES: usize = 1024 * 1024;

@@ -88,6 +88,9 @@ pub struct TrialsArgs {
     /// Trials in the timed sweep.
     #[arg(long, default_value_t = 10_000)]
     pub trials: u64,
+    /// Skip the core-only row.
+    #[arg(long)]
+    pub no_core: bool,
     #[command(flatten)]
     pub cluster: ClusterArgs,
 }
@@ -106,6 +109,9 @@ pub struct MetricsArgs {
     /// Trials each worker runs at once.
     #[arg(long, default_value_t = 2)]
     pub slots: u32,
+    /// Skip the core-only row.
+    #[arg(long)]
+    pub no_core: bool,
     #[command(flatten)]
     pub workspace: WorkspaceArgs,
 }
@@ -324,33 +330,35 @@ async fn trials(args: &TrialsArgs) -> anyhow::Result<Report> {
     let workspace = Workspace::create(&cluster.workspace, "trials")?;
     let outcome = async {
         let grpc = grpc_trials(&workspace, args.trials, cluster.workers, cluster.slots).await?;
+        if args.no_core {
+            return Ok((grpc, None));
+        }
         let core = core_only(&workspace.path.join("core"), &trials_spec("bench-trials-core", args.trials), 1).await?;
         ensure!(core.completed == args.trials, "core-only run completed {} of {} trials", core.completed, args.trials);
-        Ok((grpc, core))
+        Ok((grpc, Some(core)))
     }
     .await;
     let (grpc, core) = workspace.finish(outcome)?;
-    Ok(Report {
+    let mut report = Report {
         bench: "trials",
-        measurements: vec![
-            grpc,
-            Measurement::new(
-                "core only: submit, acquire 1, 1-point batch, complete",
-                "trials",
-                args.trials,
-                core.seconds,
-            ),
-        ],
+        measurements: vec![grpc],
         comparisons: Vec::new(),
-        notes: vec![
-            format!(
-                "trivial quadratic trials (1 metric point each); gRPC row timed from submit to status.finished \
-                 (polled every {} ms); core row in-process, no gRPC",
-                STATUS_POLL.as_millis()
-            ),
-            core.phases.describe(args.trials),
-        ],
-    })
+        notes: vec![format!(
+            "trivial quadratic trials (1 metric point each); gRPC row timed from submit to status.finished \
+             (polled every {} ms); core row in-process, no gRPC",
+            STATUS_POLL.as_millis()
+        )],
+    };
+    if let Some(core) = core {
+        report.measurements.push(Measurement::new(
+            "core only: submit, acquire 1, 1-point batch, complete",
+            "trials",
+            args.trials,
+            core.seconds,
+        ));
+        report.notes.push(core.phases.describe(args.trials));
+    }
+    Ok(report)
 }
 
 /// Runs `trials` trivial trials through a local cluster; checks that every one completed.
@@ -416,38 +424,42 @@ async fn metrics(args: &MetricsArgs) -> anyhow::Result<Report> {
         .await;
         cluster.stop().await?;
         let grpc = grpc?;
+        if args.no_core {
+            return Ok((grpc, None));
+        }
         let core = core_only(&workspace.path.join("core"), &metrics_spec("bench-metrics-core", args.trials, steps), steps)
             .await?;
         ensure!(core.metric_rows == points, "core-only run exported {} of {points} points", core.metric_rows);
-        Ok((grpc, core))
+        Ok((grpc, Some(core)))
     }
     .await;
     let (grpc, core) = workspace.finish(outcome)?;
-    Ok(Report {
+    let mut report = Report {
         bench: "metrics",
-        measurements: vec![
-            Measurement::new(
-                format!(
-                    "gRPC path: {} trials x {steps} steps, {} workers x {} slots",
-                    args.trials, args.workers, args.slots
-                ),
-                "points",
-                points,
-                grpc,
+        measurements: vec![Measurement::new(
+            format!(
+                "gRPC path: {} trials x {steps} steps, {} workers x {} slots",
+                args.trials, args.workers, args.slots
             ),
-            Measurement::new(
-                format!("core only: {WORKER_BATCH_POINTS}-point batches, no gRPC"),
-                "points",
-                points,
-                core.seconds,
-            ),
-        ],
+            "points",
+            points,
+            grpc,
+        )],
         comparisons: Vec::new(),
         notes: vec![
             "timed from submit until finished and exported; Parquet metric rows checked against trials x steps".into(),
-            core.phases.describe(args.trials),
         ],
-    })
+    };
+    if let Some(core) = core {
+        report.measurements.push(Measurement::new(
+            format!("core only: {WORKER_BATCH_POINTS}-point batches, no gRPC"),
+            "points",
+            points,
+            core.seconds,
+        ));
+        report.notes.push(core.phases.describe(args.trials));
+    }
+    Ok(report)
 }
 
 // ------------------------------------------------------------------------------------- core only
@@ -500,7 +512,7 @@ async fn core_only(dir: &Path, spec_yaml: &str, steps: u64) -> anyhow::Result<Co
         let worker = core.register("bench", vec!["quadratic".into()], vec!["cpu".into()], 1)?;
         let mut phases = CorePhases::default();
         let started = Instant::now();
-        let sweep_id = timed(&mut phases.submit, || core.submit(&spec_yaml, "bench"))?.sweep_id;
+        let sweep_id = timed(&mut phases.submit, || core.submit(&spec_yaml, "bench", false))?.sweep_id;
         let mut completed = 0;
         loop {
             let leases = timed(&mut phases.acquire, || core.acquire(&worker, 1))?;
@@ -587,7 +599,12 @@ impl QtableRun {
                     self.runs * self.episodes_per_run,
                     self.seconds,
                 ),
-                Measurement::new("CartPole env steps, one core", "steps", self.runs * self.env_steps_per_run, self.seconds),
+                Measurement::new(
+                    "CartPole env steps, one core",
+                    "steps",
+                    self.runs * self.env_steps_per_run,
+                    self.seconds,
+                ),
             ],
             comparisons: Vec::new(),
             notes: vec![format!(
@@ -920,7 +937,7 @@ impl LocalCluster {
     async fn run_sweep(&self, client: &mut SweepClient, spec_yaml: &str, export: bool) -> anyhow::Result<SweepRun> {
         let started = Instant::now();
         let submitted = client
-            .submit(SubmitRequest { spec_yaml: spec_yaml.to_string(), source_name: "bench".into() })
+            .submit(SubmitRequest { spec_yaml: spec_yaml.to_string(), source_name: "bench".into(), extend: false })
             .await
             .map_err(refused)?
             .into_inner();

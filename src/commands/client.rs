@@ -45,6 +45,9 @@ pub fn source_name(path: &Path) -> String {
 pub struct SubmitArgs {
     /// The spec file (YAML).
     pub spec: PathBuf,
+    /// The sweep exists with a different spec: add the new spec's trials (finished ones are kept).
+    #[arg(long)]
+    pub extend: bool,
     #[command(flatten)]
     pub coordinator: CoordinatorUrl,
 }
@@ -53,7 +56,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     let spec_yaml = read_spec(&args.spec)?;
     let mut client = connect(&args.coordinator.url).await?;
     let response = client
-        .submit(SubmitRequest { spec_yaml, source_name: source_name(&args.spec) })
+        .submit(SubmitRequest { spec_yaml, source_name: source_name(&args.spec), extend: args.extend })
         .await
         .map_err(refused)?
         .into_inner();

@@ -75,7 +75,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 async fn drive(args: &RunArgs, text: &str, url: &str, trials: u64, sweep: &str) -> anyhow::Result<()> {
     let mut client = connect(url).await?;
     let submitted = client
-        .submit(SubmitRequest { spec_yaml: text.to_string(), source_name: source_name(&args.spec) })
+        .submit(SubmitRequest { spec_yaml: text.to_string(), source_name: source_name(&args.spec), extend: false })
         .await
         .map_err(refused)?
         .into_inner();

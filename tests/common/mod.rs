@@ -150,7 +150,7 @@ pub async fn client(url: &str) -> SweepServiceClient<Channel> {
 
 pub async fn submit(client: &mut SweepServiceClient<Channel>, spec: &str) -> String {
     client
-        .submit(SubmitRequest { spec_yaml: spec.to_string(), source_name: "test.yaml".into() })
+        .submit(SubmitRequest { spec_yaml: spec.to_string(), source_name: "test.yaml".into(), extend: false })
         .await
         .expect("submit")
         .into_inner()

@@ -9,6 +9,8 @@
 //!    reconnects with back-off and resends every unacknowledged batch. The coordinator stores a
 //!    batch it already holds once, so resending is always safe.
 //! 4. A stale-epoch ack means the lease is gone: the stream stops and the trial is dropped.
+//! 5. A checkpoint queued behind points waits until every batch before it is stored, then is
+//!    uploaded (see [`crate::checkpoints`]); points after it wait for the upload.
 
 use std::collections::VecDeque;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -19,25 +21,36 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::Streaming;
+use tonic::{Code, Streaming};
 use tracing::{debug, warn};
 
+use crate::checkpoints::upload_chunks;
 use crate::client::{Backoff, Client};
 use crate::error::{Result, WorkerError};
 use crate::jobs::MetricSink;
 
-/// Unacknowledged batches kept before the streamer stops taking new points.
-const MAX_UNACKED_BATCHES: usize = 64;
+/// Unacknowledged batches kept before the streamer stops taking new points. While the
+/// coordinator is away the job keeps training until this many batches (and the channel behind
+/// them) are full.
+const MAX_UNACKED_BATCHES: usize = 256;
+
+/// What a job thread sends to its trial's streamer, in order.
+#[derive(Debug)]
+pub enum OutboxItem {
+    Point(MetricPoint),
+    Checkpoint { step: u64, bytes: Vec<u8> },
+}
 
 /// The job thread's end: each report goes into a bounded channel.
 pub struct ChannelSink {
-    points: mpsc::Sender<MetricPoint>,
+    outbox: mpsc::Sender<OutboxItem>,
 }
 
 impl ChannelSink {
-    pub fn new(capacity: usize) -> (ChannelSink, mpsc::Receiver<MetricPoint>) {
-        let (points, receiver) = mpsc::channel(capacity);
-        (ChannelSink { points }, receiver)
+    /// The sink, a sender for checkpoints to share its order, and the streamer's receiver.
+    pub fn new(capacity: usize) -> (ChannelSink, mpsc::Sender<OutboxItem>, mpsc::Receiver<OutboxItem>) {
+        let (outbox, receiver) = mpsc::channel(capacity);
+        (ChannelSink { outbox: outbox.clone() }, outbox, receiver)
     }
 }
 
@@ -45,7 +58,7 @@ impl MetricSink for ChannelSink {
     fn report(&mut self, step: u64, name: &str, value: f64) {
         let wall_time_us = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
         // A closed channel means the trial is being dropped (lease lost): nothing to deliver to.
-        let _ = self.points.blocking_send(MetricPoint { step, name: name.to_string(), value, wall_time_us });
+        let _ = self.outbox.blocking_send(OutboxItem::Point(MetricPoint { step, name: name.to_string(), value, wall_time_us }));
     }
 }
 
@@ -73,7 +86,7 @@ async fn open_stream(client: &mut Client) -> Result<(Outbox, Streaming<MetricAck
 pub async fn stream_trial_metrics(
     mut client: Client,
     settings: StreamSettings,
-    mut points: mpsc::Receiver<MetricPoint>,
+    mut items: mpsc::Receiver<OutboxItem>,
     stop: CancellationToken,
 ) -> Result<u64> {
     let mut unacked: VecDeque<MetricBatch> = VecDeque::new();
@@ -81,21 +94,33 @@ pub async fn stream_trial_metrics(
     let mut buffer: Vec<MetricPoint> = Vec::new();
     let mut oldest: Option<Instant> = None;
     let mut input_done = false;
+    // A checkpoint waiting for the batches before it to be stored.
+    let mut checkpoint: Option<(u64, Vec<u8>)> = None;
     let mut backoff = Backoff::new(settings.max_backoff);
     let (mut outbox, mut acks) = reconnect(&mut client, &mut backoff, &stop).await?;
 
     loop {
-        if input_done && buffer.is_empty() && unacked.is_empty() {
-            return Ok(next_seq - 1);
+        if buffer.is_empty() && unacked.is_empty() {
+            if let Some((step, bytes)) = checkpoint.take() {
+                upload_checkpoint(&mut client, &settings, step, &bytes, &stop).await?;
+                continue;
+            }
+            if input_done {
+                return Ok(next_seq - 1);
+            }
         }
         let flush_due = oldest.map(|t| t + settings.batch_interval);
         let mut flush = false;
         tokio::select! {
-            point = points.recv(), if !input_done && unacked.len() < MAX_UNACKED_BATCHES => match point {
-                Some(point) => {
+            item = items.recv(), if !input_done && checkpoint.is_none() && unacked.len() < MAX_UNACKED_BATCHES => match item {
+                Some(OutboxItem::Point(point)) => {
                     oldest.get_or_insert_with(Instant::now);
                     buffer.push(point);
                     flush = buffer.len() >= settings.batch_points;
+                }
+                Some(OutboxItem::Checkpoint { step, bytes }) => {
+                    checkpoint = Some((step, bytes));
+                    flush = !buffer.is_empty();
                 }
                 None => {
                     input_done = true;
@@ -143,6 +168,42 @@ pub async fn stream_trial_metrics(
             // A failed send shows up as a broken ack stream, which resends `unacked`.
             let _ = outbox.send(batch.clone()).await;
             unacked.push_back(batch);
+        }
+    }
+}
+
+/// Uploads a checkpoint, retrying while the coordinator is unreachable. A checkpoint the
+/// coordinator refuses (too large, malformed) is skipped with a warning: the trial goes on.
+async fn upload_checkpoint(
+    client: &mut Client,
+    settings: &StreamSettings,
+    step: u64,
+    bytes: &[u8],
+    stop: &CancellationToken,
+) -> Result<()> {
+    let mut backoff = Backoff::new(settings.max_backoff);
+    loop {
+        let chunks = upload_chunks(settings.trial_id.as_str(), settings.epoch.0, settings.attempt, step, bytes);
+        match client.upload_checkpoint(tokio_stream::iter(chunks)).await {
+            Ok(receipt) => {
+                debug!(trial = %settings.trial_id, step, bytes = bytes.len(), kept = receipt.into_inner().kept, "checkpoint stored");
+                return Ok(());
+            }
+            Err(status) if status.code() == Code::FailedPrecondition => {
+                return Err(WorkerError::StaleLease(settings.trial_id.to_string()))
+            }
+            Err(status) if matches!(status.code(), Code::InvalidArgument | Code::NotFound) => {
+                warn!(trial = %settings.trial_id, step, %status, "checkpoint refused; continuing without it");
+                return Ok(());
+            }
+            Err(status) => {
+                let delay = backoff.next_delay();
+                warn!(trial = %settings.trial_id, step, %status, retry_in_ms = delay.as_millis() as u64, "checkpoint upload failed");
+                tokio::select! {
+                    _ = stop.cancelled() => return Err(WorkerError::Stopped),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
         }
     }
 }

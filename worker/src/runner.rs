@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tracing::{info, warn};
 
-use crate::checkpoints::LocalCheckpoints;
+use crate::checkpoints::{restore_from_lease, RemoteCheckpoints};
 use crate::client::{Backoff, Client};
 use crate::config::WorkerConfig;
 use crate::error::WorkerError;
@@ -101,7 +101,6 @@ pub async fn run_trial(
             .map_or(TrialEnd::Dropped, |_| TrialEnd::Failed { error, permanent })
         }
     };
-    LocalCheckpoints::new(&config.checkpoint_dir, &lease.trial_id, 0).clear();
     info!(trial = %trial_id, end = ?end, seconds = started.elapsed().as_secs_f64(), "trial ended");
     end
 }
@@ -129,12 +128,21 @@ async fn execute(
             permanent: true,
         });
     };
-    let mut job =
-        factory.create(&params, lease.seed).map_err(|e| Outcome::Failed { error: e.to_string(), permanent: true })?;
+    let mut restore_client = client.clone();
+    let build = || factory.create(&params, lease.seed);
+    let (mut job, resumed_after) = match restore_from_lease(&mut restore_client, lease, build).await {
+        Ok(Ok(restored)) => restored,
+        Ok(Err(e)) => return Err(Outcome::Failed { error: e.to_string(), permanent: true }),
+        Err(WorkerError::StaleLease(_)) => return Err(Outcome::Revoked),
+        Err(e) => return Err(Outcome::Failed { error: format!("restoring the checkpoint: {e}"), permanent: false }),
+    };
+    if resumed_after > 0 {
+        info!(trial = %lease.trial_id, step = resumed_after, "continuing after checkpoint");
+    }
     let checkpoint_every = params.u64("checkpoint_every").unwrap_or(0);
-    let mut checkpoints = LocalCheckpoints::new(&config.checkpoint_dir, &lease.trial_id, checkpoint_every);
 
-    let (mut sink, points) = ChannelSink::new(POINT_CHANNEL_CAPACITY);
+    let (mut sink, outbox, items) = ChannelSink::new(POINT_CHANNEL_CAPACITY);
+    let mut checkpoints = RemoteCheckpoints::new(outbox, checkpoint_every);
     let stream_stop = stop.child_token();
     let settings = StreamSettings {
         trial_id: TrialId(lease.trial_id.clone()),
@@ -144,14 +152,18 @@ async fn execute(
         batch_interval: config.batch_interval,
         max_backoff: config.max_backoff,
     };
-    let streamer = tokio::spawn(stream_trial_metrics(client, settings, points, stream_stop.clone()));
+    let streamer = tokio::spawn(stream_trial_metrics(client, settings, items, stream_stop.clone()));
 
     let cancel = control.cancel.clone();
     let seed = lease.seed;
     let job_result = tokio::task::spawn_blocking(move || {
         let mut ctx = JobContext { seed, metrics: &mut sink, checkpoints: &mut checkpoints, cancel };
-        job.run(&mut ctx)
-        // `sink` drops here: the metric stream sees the end of the points.
+        let result = job.run(&mut ctx);
+        // Dropping the sink and the checkpoint sender closes the outbox: the stream sees the end.
+        drop(ctx);
+        drop(sink);
+        drop(checkpoints);
+        result
     })
     .await;
 

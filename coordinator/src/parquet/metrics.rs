@@ -12,11 +12,12 @@
 //! Schema (long format): trial_id utf8, attempt int32, step int64,
 //! wall_time timestamp[us, UTC], name utf8, value float64.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow_array::builder::{Float64Builder, Int32Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
-use arrow_array::{ArrayRef, RecordBatch};
+use arrow_array::{Array, ArrayRef, BooleanArray, Int32Array, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
@@ -116,9 +117,15 @@ impl MetricsSink {
         let mut rows = 0u64;
         let mut last_id = first_id;
         let mut chunk = first_chunk;
+        let mut trials: BTreeSet<String> = BTreeSet::new();
         loop {
             last_id = chunk.last().map_or(last_id, |p| p.id);
             rows += chunk.len() as u64;
+            for p in &chunk {
+                if !trials.contains(&p.trial_id) {
+                    trials.insert(p.trial_id.clone());
+                }
+            }
             writer.write(&to_batch(&schema, &chunk)?)?;
             writer.flush()?;
             if chunk.len() < CHUNK_ROWS {
@@ -133,10 +140,64 @@ impl MetricsSink {
         let name = part_name(first_id, last_id);
         publish(&tmp, &dir.join(&name))?;
         let now = crate::clock::now_ms();
-        store.transaction(|tx| store::commit_part(tx, sweep, &name, first_id, last_id, rows, now))?;
+        let trials: Vec<String> = trials.into_iter().collect();
+        store.transaction(|tx| {
+            store::commit_part(tx, sweep, &name, first_id, last_id, rows, now)?;
+            store::record_part_trials(tx, sweep, &name, &trials)
+        })?;
         debug!(sweep = %sweep, part = %name, rows, "metrics part written");
         Ok(rows)
     }
+
+    /// Rewrites the sweep's parts that hold points superseded by a resume, so that Parquet keeps
+    /// exactly one value per (trial, step, name). Idempotent: a crash midway repeats it.
+    pub fn apply_supersessions(&self, store: &mut Store, sweep: &SweepId) -> Result<u64> {
+        let pending = store::pending_supersessions(store.conn(), sweep)?;
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let trials: Vec<String> = pending.iter().map(|s| s.trial_id.clone()).collect();
+        let parts = store::parts_with_trials(store.conn(), sweep, &trials)?;
+        let superseded = |trial: &str, attempt: i32, step: i64| {
+            pending.iter().any(|s| s.trial_id == trial && (attempt as u32) < s.below_attempt && step > s.after_step)
+        };
+        let dir = self.metrics_dir(sweep);
+        let mut dropped = 0u64;
+        for name in parts {
+            let path = dir.join(&name);
+            let file = std::fs::File::open(&path).map_err(|e| CoordinatorError::io(&path, e))?;
+            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)?.build()?;
+            let tmp = dir.join(format!(".{name}.rewrite.tmp"));
+            let out = std::fs::File::create(&tmp).map_err(|e| CoordinatorError::io(&tmp, e))?;
+            let schema = metrics_schema();
+            let mut writer = ArrowWriter::try_new(out, schema.clone(), Some(writer_properties()))?;
+            let mut kept_rows = 0u64;
+            for batch in reader {
+                let batch = batch?;
+                let keep = keep_mask(&batch, &superseded)?;
+                let filtered = arrow_select::filter::filter_record_batch(&batch, &keep)?;
+                dropped += (batch.num_rows() - filtered.num_rows()) as u64;
+                kept_rows += filtered.num_rows() as u64;
+                writer.write(&filtered)?;
+            }
+            writer.close()?;
+            publish(&tmp, &path)?;
+            store::set_part_rows(store.conn(), sweep, &name, kept_rows)?;
+        }
+        store::mark_supersessions_applied(store.conn(), sweep)?;
+        if dropped > 0 {
+            info!(sweep = %sweep, rows = dropped, "superseded metric rows removed from parts");
+        }
+        Ok(dropped)
+    }
+}
+
+fn keep_mask(batch: &RecordBatch, superseded: &dyn Fn(&str, i32, i64) -> bool) -> Result<BooleanArray> {
+    let corrupt = |what: &str| CoordinatorError::Corrupt(format!("metrics part column {what} has the wrong type"));
+    let trial = batch.column(0).as_any().downcast_ref::<StringArray>().ok_or_else(|| corrupt("trial_id"))?;
+    let attempt = batch.column(1).as_any().downcast_ref::<Int32Array>().ok_or_else(|| corrupt("attempt"))?;
+    let step = batch.column(2).as_any().downcast_ref::<Int64Array>().ok_or_else(|| corrupt("step"))?;
+    Ok((0..batch.num_rows()).map(|i| Some(!superseded(trial.value(i), attempt.value(i), step.value(i)))).collect())
 }
 
 fn part_name(first_id: i64, last_id: i64) -> String {
