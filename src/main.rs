@@ -1,7 +1,8 @@
 //! `sweep`: the one binary. Parses flags, sets up logging, and hands off to a command module.
 //!
 //! # Layout
-//! - [`commands::run`]: `sweep run SPEC`: embedded coordinator + local worker processes.
+//! - [`commands::run`]: `sweep run SPEC` and `sweep resume SWEEP`: embedded coordinator + local
+//!   worker processes.
 //! - [`commands::serve`]: `sweep coordinator`, `sweep worker`: the long-running processes.
 //! - [`commands::client`]: `submit`, `status`, `best`, `cancel`, `export`: calls to a coordinator.
 //! - [`commands::bench`]: `sweep bench`: throughput measurements printed as a table.
@@ -33,6 +34,8 @@ struct Cli {
 enum Command {
     /// Run a sweep on this machine: an embedded coordinator plus N local worker processes.
     Run(commands::run::RunArgs),
+    /// Continue a stopped sweep from its state dir: interrupted trials resume from their checkpoints.
+    Resume(commands::run::ResumeArgs),
     /// Serve a coordinator that workers on any machine can join.
     Coordinator(commands::serve::CoordinatorArgs),
     /// Run a worker agent that takes trials from a coordinator.
@@ -53,12 +56,48 @@ enum Command {
     Bench(commands::bench::BenchArgs),
 }
 
-/// Where a client command finds the coordinator.
+/// Where a client or worker finds the coordinator, and how it proves who it is.
 #[derive(Args, Clone)]
 pub struct CoordinatorUrl {
-    /// The coordinator's URL.
+    /// The coordinator's URL (https:// for a coordinator serving TLS).
     #[arg(long = "coordinator", env = "SWEEP_COORDINATOR", default_value = "http://127.0.0.1:7070")]
     pub url: String,
+    #[command(flatten)]
+    pub token: TokenArgs,
+    /// PEM certificate of the CA that signed the coordinator's certificate (or the certificate itself).
+    #[arg(long, env = "SWEEP_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// The name in the coordinator's certificate, when it is not the URL's host.
+    #[arg(long)]
+    pub tls_domain: Option<String>,
+}
+
+impl CoordinatorUrl {
+    pub fn options(&self) -> anyhow::Result<sweep_shared::auth::ConnectOptions> {
+        Ok(sweep_shared::auth::ConnectOptions {
+            url: self.url.clone(),
+            token: self.token.load()?,
+            tls_ca: self.tls_ca.clone(),
+            tls_domain: self.tls_domain.clone(),
+        })
+    }
+}
+
+/// The shared secret of a coordinator and its workers and clients.
+#[derive(Args, Clone)]
+pub struct TokenArgs {
+    /// The token (prefer SWEEP_TOKEN or --token-file: flags show in `ps`).
+    #[arg(long, env = "SWEEP_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A file holding the token.
+    #[arg(long, env = "SWEEP_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl TokenArgs {
+    pub fn load(&self) -> anyhow::Result<Option<String>> {
+        sweep_shared::auth::load_token(self.token.as_deref(), self.token_file.as_deref()).map_err(anyhow::Error::msg)
+    }
 }
 
 /// Where a coordinator keeps its state and output.
@@ -73,17 +112,32 @@ pub struct StoreArgs {
     /// How long a lease lives without a heartbeat.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub lease_ttl: Duration,
-    /// Leases granted per trial before it fails.
+    /// Leases granted per trial before it fails (hand-backs by stopping workers do not count).
     #[arg(long, default_value_t = 3)]
     pub max_attempts: u32,
+    /// Checkpoints kept per trial.
+    #[arg(long, default_value_t = 2)]
+    pub keep_checkpoints: usize,
+    /// Require this token from workers and clients.
+    #[command(flatten)]
+    pub token: TokenArgs,
+    /// Serve TLS with this PEM certificate (with --tls-key).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl StoreArgs {
-    pub fn config(&self) -> sweep_coordinator::CoordinatorConfig {
+    pub fn config(&self) -> anyhow::Result<sweep_coordinator::CoordinatorConfig> {
         let mut config = sweep_coordinator::CoordinatorConfig::new(self.state_dir.clone(), self.out.clone())
             .with_lease_ttl(self.lease_ttl);
         config.max_attempts = self.max_attempts;
-        config
+        config.keep_checkpoints = self.keep_checkpoints.max(1);
+        config.token = self.token.load()?;
+        config.tls = self.tls_cert.clone().zip(self.tls_key.clone());
+        Ok(config)
     }
 }
 
@@ -96,7 +150,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // `run` draws a progress bar: keep its logs to warnings unless asked.
     init_tracing(match cli.command {
-        Command::Run(_) | Command::Bench(_) | Command::Validate(_) => "warn",
+        Command::Run(_) | Command::Resume(_) | Command::Bench(_) | Command::Validate(_) => "warn",
         _ => "info",
     });
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -109,6 +163,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Run(args) => commands::run::run(args).await,
+            Command::Resume(args) => commands::run::resume(args).await,
             Command::Coordinator(args) => commands::serve::coordinator(args).await,
             Command::Worker(args) => commands::serve::worker(args).await,
             Command::Submit(args) => commands::client::submit(args).await,

@@ -89,7 +89,11 @@ async fn two_workers_run_an_eight_trial_sweep_into_parquet() {
 
     // Resubmitting the same spec is a no-op: no trial runs twice.
     let again = client
-        .submit(sweep_shared::proto::SubmitRequest { spec_yaml: spec(), source_name: "test.yaml".into(), extend: false })
+        .submit(sweep_shared::proto::SubmitRequest {
+            spec_yaml: spec(),
+            source_name: "test.yaml".into(),
+            extend: false,
+        })
         .await
         .unwrap()
         .into_inner();

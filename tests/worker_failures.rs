@@ -61,7 +61,8 @@ async fn sigkilled_worker_loses_its_lease_and_the_trial_completes_elsewhere() {
     let rows = read_metrics(&metrics_dir);
     // After the resume, exactly one value per (trial, step, name): the killed attempt's points
     // past its checkpoint are superseded, the ones before it kept.
-    let keys: HashSet<(String, i64, String)> = rows.iter().map(|r| (r.trial_id.clone(), r.step, r.name.clone())).collect();
+    let keys: HashSet<(String, i64, String)> =
+        rows.iter().map(|r| (r.trial_id.clone(), r.step, r.name.clone())).collect();
     assert_eq!(keys.len(), rows.len(), "a metric value is stored twice");
     for t in &trials {
         let steps: HashSet<i64> = rows.iter().filter(|r| r.trial_id == t.trial_id).map(|r| r.step).collect();

@@ -32,6 +32,8 @@ pub struct CoordinatorConfig {
     pub requeue_running_at_start: bool,
     /// Shared secret workers and clients must present; `None` accepts anyone.
     pub token: Option<String>,
+    /// PEM certificate and key: serve TLS (rustls) instead of plain HTTP/2.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl CoordinatorConfig {
@@ -50,6 +52,7 @@ impl CoordinatorConfig {
             restart_grace: Duration::from_secs(30),
             requeue_running_at_start: false,
             token: None,
+            tls: None,
         }
     }
 

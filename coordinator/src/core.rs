@@ -156,7 +156,11 @@ impl Core {
         } else {
             let n = store::extend_running_leases(store.conn(), now + config.restart_grace.as_millis() as i64)?;
             if n > 0 {
-                info!(trials = n, grace_ms = config.restart_grace.as_millis() as u64, "running leases wait for their workers");
+                info!(
+                    trials = n,
+                    grace_ms = config.restart_grace.as_millis() as u64,
+                    "running leases wait for their workers"
+                );
             }
         }
         let mut workers = HashMap::new();
@@ -653,7 +657,13 @@ impl Core {
 
     /// A fetched checkpoint did not verify or restore: mark it bad, record the event, and move the
     /// attempt's resume point to the previous good checkpoint (or step 0), which is returned.
-    pub fn bad_checkpoint(&mut self, trial_id: &TrialId, epoch: LeaseEpoch, step: u64, reason: &str) -> Result<Option<CheckpointRow>> {
+    pub fn bad_checkpoint(
+        &mut self,
+        trial_id: &TrialId,
+        epoch: LeaseEpoch,
+        step: u64,
+        reason: &str,
+    ) -> Result<Option<CheckpointRow>> {
         let trial = self.fenced_trial(trial_id, epoch)?;
         let reason: String = reason.chars().take(1024).collect();
         let now = now_ms();
@@ -757,7 +767,12 @@ fn resume_point(tx: &rusqlite::Connection, trial: &TrialRow) -> Result<Option<Ch
 }
 
 fn set_resume(tx: &rusqlite::Connection, trial: &TrialRow, checkpoint: Option<&CheckpointRow>) -> Result<()> {
-    store::set_resume_point(tx, &trial.trial_id, checkpoint.map(|c| c.step), checkpoint.and_then(|c| c.obj_state.as_deref()))?;
+    store::set_resume_point(
+        tx,
+        &trial.trial_id,
+        checkpoint.map(|c| c.step),
+        checkpoint.and_then(|c| c.obj_state.as_deref()),
+    )?;
     store::supersede(tx, trial, trial.attempt, checkpoint.map_or(-1, |c| c.step as i64))?;
     Ok(())
 }

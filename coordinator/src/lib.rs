@@ -16,8 +16,10 @@
 //! - [`store`]: SQLite schema and queries: sweeps, trials, workers, staged metric points.
 //! - [`parquet`]: `trials.parquet` and the metrics part files.
 //! - [`checkpoint_store`]: where checkpoint files live (a directory; an object store fits the trait).
+//! - [`auth`]: the bearer-token gate on every call.
 //! - [`config`], [`error`], [`clock`].
 
+pub mod auth;
 pub mod checkpoint_store;
 pub mod clock;
 pub mod config;

@@ -16,8 +16,11 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Identity, ServerTlsConfig};
 use tracing::{info, warn};
 
+use crate::auth::RequireToken;
 use crate::config::CoordinatorConfig;
 use crate::core::Core;
 use crate::error::{CoordinatorError, Result};
@@ -33,6 +36,9 @@ pub async fn run(
 ) -> Result<()> {
     let work_available = Arc::new(Notify::new());
     let reconcile_interval = config.reconcile_interval;
+    let gate = RequireToken::new(config.token.as_deref());
+    let gate_on = config.token.is_some();
+    let tls = config.tls.clone();
     let core = Core::open(config, catalog, work_available.clone())?;
     let (handle, core_thread) = CoordinatorHandle::spawn(core, work_available);
 
@@ -40,19 +46,29 @@ pub async fn run(
     let reconcile = tokio::spawn(reconcile_loop(handle.clone(), reconcile_interval, stop.clone()));
 
     let addr = listener.local_addr().map_err(|e| CoordinatorError::Io { path: "listener".into(), source: e })?;
-    info!(%addr, "coordinator serving");
+    let mut builder = tonic::transport::Server::builder();
+    if let Some((cert, key)) = &tls {
+        let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| CoordinatorError::io(p, e));
+        let identity = Identity::from_pem(read(cert)?, read(key)?);
+        builder = builder
+            .tls_config(ServerTlsConfig::new().identity(identity))
+            .map_err(|e| CoordinatorError::InvalidRequest(format!("TLS certificate or key: {e}")))?;
+    }
+    info!(%addr, tls = tls.is_some(), token = gate_on, "coordinator serving");
     let service = Service::new(handle);
-    let served = tonic::transport::Server::builder()
-        .add_service(
+    let served = builder
+        .add_service(InterceptedService::new(
             WorkerServiceServer::new(service.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .add_service(
+            gate.clone(),
+        ))
+        .add_service(InterceptedService::new(
             SweepServiceServer::new(service)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        )
+            gate,
+        ))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await;
     stop.cancel();

@@ -7,16 +7,16 @@ use std::time::Duration;
 
 use futures::Stream;
 use sha2::{Digest, Sha256};
-use sweep_shared::limits;
 use sweep_shared::ids::{LeaseEpoch, SweepId, TrialId, WorkerId};
+use sweep_shared::limits;
 use sweep_shared::proto::{
     self, metric_ack, sweep_service_server::SweepService, worker_service_server::WorkerService, AcquireRequest,
-    AcquireResponse, BadCheckpointRequest, BadCheckpointResponse, BestRequest, CheckpointChunk, CheckpointInfo,
-    CheckpointReceipt, FetchCheckpointRequest, BestResponse, CancelRequest, CancelResponse, CompleteRequest, CompleteResponse,
-    ExportRequest, ExportResponse, FailRequest, FailResponse, HeartbeatRequest, HeartbeatResponse, LeaseRef,
-    ListSweepsRequest, ListSweepsResponse, ListTrialsRequest, ListTrialsResponse, MetricAck, MetricBatch,
-    RegisterRequest, RegisterResponse, ReleaseRequest, ReleaseResponse, StatusRequest, SubmitRequest, SubmitResponse,
-    SweepStatus, TrialInfo, TrialLease,
+    AcquireResponse, BadCheckpointRequest, BadCheckpointResponse, BestRequest, BestResponse, CancelRequest,
+    CancelResponse, CheckpointChunk, CheckpointInfo, CheckpointReceipt, CompleteRequest, CompleteResponse,
+    ExportRequest, ExportResponse, FailRequest, FailResponse, FetchCheckpointRequest, HeartbeatRequest,
+    HeartbeatResponse, LeaseRef, ListSweepsRequest, ListSweepsResponse, ListTrialsRequest, ListTrialsResponse,
+    MetricAck, MetricBatch, RegisterRequest, RegisterResponse, ReleaseRequest, ReleaseResponse, StatusRequest,
+    SubmitRequest, SubmitResponse, SweepStatus, TrialInfo, TrialLease,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -26,9 +26,9 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
 
 use crate::core::{BatchOutcome, IncomingBatch, IncomingPoint, StoredCheckpoint, SweepProgress};
-use crate::store::CheckpointRow;
 use crate::error::CoordinatorError;
 use crate::handle::CoordinatorHandle;
+use crate::store::CheckpointRow;
 
 /// Longest an acquire call waits for work.
 const MAX_ACQUIRE_WAIT: Duration = Duration::from_secs(30);
@@ -225,7 +225,8 @@ impl WorkerService for Service {
         let mut chunks = request.into_inner();
         let first = chunks.message().await?.ok_or_else(|| Status::invalid_argument("empty checkpoint upload"))?;
         id_field(&first.trial_id, "trial_id")?;
-        let info = first.info.clone().ok_or_else(|| Status::invalid_argument("the first checkpoint chunk lacks info"))?;
+        let info =
+            first.info.clone().ok_or_else(|| Status::invalid_argument("the first checkpoint chunk lacks info"))?;
         if info.sha256.len() != 64 || !info.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err(Status::invalid_argument("checkpoint sha256 must be 64 hex digits"));
         }
@@ -261,7 +262,10 @@ impl WorkerService for Service {
         while let Some(chunk) = next {
             received += chunk.data.len() as u64;
             if received > info.bytes {
-                return Err(Status::invalid_argument(format!("checkpoint is longer than the announced {} bytes", info.bytes)));
+                return Err(Status::invalid_argument(format!(
+                    "checkpoint is longer than the announced {} bytes",
+                    info.bytes
+                )));
             }
             hasher.update(&chunk.data);
             file.write_all(&chunk.data).await.map_err(|e| Status::internal(format!("writing checkpoint: {e}")))?;

@@ -734,12 +734,14 @@ pub fn drop_checkpoints(conn: &Connection, trial_id: &TrialId) -> Result<Vec<Str
 
 /// Sets what a new attempt resumes from: its checkpoint step (or none) and the objective state
 /// that goes with it.
-pub fn set_resume_point(conn: &Connection, trial_id: &TrialId, step: Option<u64>, obj_state: Option<&str>) -> Result<()> {
-    conn.prepare_cached("UPDATE trials SET resumed_from = ?2, obj_state = ?3 WHERE trial_id = ?1")?.execute(params![
-        trial_id.as_str(),
-        step.map_or(-1, |s| s as i64),
-        obj_state
-    ])?;
+pub fn set_resume_point(
+    conn: &Connection,
+    trial_id: &TrialId,
+    step: Option<u64>,
+    obj_state: Option<&str>,
+) -> Result<()> {
+    conn.prepare_cached("UPDATE trials SET resumed_from = ?2, obj_state = ?3 WHERE trial_id = ?1")?
+        .execute(params![trial_id.as_str(), step.map_or(-1, |s| s as i64), obj_state])?;
     Ok(())
 }
 
@@ -772,11 +774,7 @@ pub fn pending_supersessions(conn: &Connection, sweep_id: &SweepId) -> Result<Ve
     )?;
     let rows = stmt
         .query_map([sweep_id.as_str()], |r| {
-            Ok(Supersession {
-                trial_id: r.get(0)?,
-                below_attempt: r.get::<_, i64>(1)? as u32,
-                after_step: r.get(2)?,
-            })
+            Ok(Supersession { trial_id: r.get(0)?, below_attempt: r.get::<_, i64>(1)? as u32, after_step: r.get(2)? })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(rows)
@@ -818,7 +816,13 @@ pub fn set_part_rows(conn: &Connection, sweep_id: &SweepId, file_name: &str, row
 }
 
 /// Records something a user may ask about later (a corrupt checkpoint, a fallback).
-pub fn record_event(conn: &Connection, trial_id: Option<&TrialId>, kind: &str, message: &str, now_ms: i64) -> Result<()> {
+pub fn record_event(
+    conn: &Connection,
+    trial_id: Option<&TrialId>,
+    kind: &str,
+    message: &str,
+    now_ms: i64,
+) -> Result<()> {
     conn.execute(
         "INSERT INTO events(at_ms, trial_id, kind, message) VALUES (?1, ?2, ?3, ?4)",
         params![now_ms, trial_id.map(|t| t.as_str()), kind, message],
@@ -829,7 +833,8 @@ pub fn record_event(conn: &Connection, trial_id: Option<&TrialId>, kind: &str, m
 /// Events of a trial, oldest first: (kind, message).
 pub fn events(conn: &Connection, trial_id: &TrialId) -> Result<Vec<(String, String)>> {
     let mut stmt = conn.prepare_cached("SELECT kind, message FROM events WHERE trial_id = ?1 ORDER BY id")?;
-    let rows = stmt.query_map([trial_id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<Vec<_>>>()?;
+    let rows =
+        stmt.query_map([trial_id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(rows)
 }
 
@@ -867,7 +872,8 @@ pub fn trial_exists(conn: &Connection, trial_id: &TrialId) -> Result<bool> {
 }
 
 pub fn trial_count(conn: &Connection, sweep_id: &SweepId) -> Result<u64> {
-    let n: i64 = conn.query_row("SELECT COUNT(*) FROM trials WHERE sweep_id = ?1", [sweep_id.as_str()], |r| r.get(0))?;
+    let n: i64 =
+        conn.query_row("SELECT COUNT(*) FROM trials WHERE sweep_id = ?1", [sweep_id.as_str()], |r| r.get(0))?;
     Ok(n as u64)
 }
 

@@ -1,6 +1,7 @@
 //! Types both sides of sweep agree on.
 //!
 //! # Layout
+//! - [`auth`]: the bearer token (client interceptor, constant-time check) and TLS client settings.
 //! - [`proto`]: the generated gRPC code of `proto/sweep.proto` (package `sweep.v1`).
 //! - [`ids`]: wire ids as newtypes; deterministic trial and config ids.
 //! - [`params`]: typed hyperparameter values, epsilon schedules, the parameter schema of a job.
@@ -9,6 +10,7 @@
 //! - [`checkpoint`]: a trial checkpoint as safetensors plus a typed header.
 //! - [`limits`]: sizes the coordinator accepts from the wire.
 
+pub mod auth;
 pub mod checkpoint;
 pub mod ids;
 pub mod limits;

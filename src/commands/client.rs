@@ -5,25 +5,29 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Args;
+use sweep_shared::auth::{ClientAuth, ConnectOptions};
 use sweep_shared::limits::MAX_MESSAGE_BYTES;
 use sweep_shared::proto::sweep_service_client::SweepServiceClient;
 use sweep_shared::proto::{
     BestRequest, CancelRequest, ExportRequest, ListSweepsRequest, ListTrialsRequest, StatusRequest, SubmitRequest,
 };
 use sweep_worker::JobRegistry;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::{display, CoordinatorUrl};
 
-pub type SweepClient = SweepServiceClient<Channel>;
+pub type SweepClient = SweepServiceClient<InterceptedService<Channel, ClientAuth>>;
 
-pub async fn connect(url: &str) -> anyhow::Result<SweepClient> {
-    let channel = Channel::from_shared(url.to_string())
-        .with_context(|| format!("coordinator URL '{url}'"))?
+pub async fn connect(options: &ConnectOptions) -> anyhow::Result<SweepClient> {
+    let url = &options.url;
+    let channel = options
+        .endpoint()
+        .map_err(anyhow::Error::msg)?
         .connect()
         .await
         .with_context(|| format!("connecting to the coordinator at {url}"))?;
-    Ok(SweepServiceClient::new(channel)
+    Ok(SweepServiceClient::with_interceptor(channel, options.auth().map_err(anyhow::Error::msg)?)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
@@ -54,7 +58,7 @@ pub struct SubmitArgs {
 
 pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     let spec_yaml = read_spec(&args.spec)?;
-    let mut client = connect(&args.coordinator.url).await?;
+    let mut client = connect(&args.coordinator.options()?).await?;
     let response = client
         .submit(SubmitRequest { spec_yaml, source_name: source_name(&args.spec), extend: args.extend })
         .await
@@ -83,7 +87,7 @@ pub struct StatusArgs {
 }
 
 pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args.coordinator.url).await?;
+    let mut client = connect(&args.coordinator.options()?).await?;
     let Some(sweep_id) = args.sweep else {
         let sweeps = client.list_sweeps(ListSweepsRequest {}).await.map_err(refused)?.into_inner().sweeps;
         if sweeps.is_empty() {
@@ -116,7 +120,7 @@ pub struct BestArgs {
 }
 
 pub async fn best(args: BestArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args.coordinator.url).await?;
+    let mut client = connect(&args.coordinator.options()?).await?;
     let best = client.best(BestRequest { sweep_id: args.sweep, top: args.top }).await.map_err(refused)?.into_inner();
     if args.json {
         let configs: Vec<serde_json::Value> = best
@@ -147,7 +151,7 @@ pub struct CancelArgs {
 }
 
 pub async fn cancel(args: CancelArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args.coordinator.url).await?;
+    let mut client = connect(&args.coordinator.options()?).await?;
     let response = client.cancel(CancelRequest { sweep_id: args.sweep.clone() }).await.map_err(refused)?.into_inner();
     println!("cancelled {} unfinished trials of {}", response.cancelled, args.sweep);
     Ok(())
@@ -164,7 +168,7 @@ pub struct ExportArgs {
 }
 
 pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args.coordinator.url).await?;
+    let mut client = connect(&args.coordinator.options()?).await?;
     let out = client.export(ExportRequest { sweep_id: args.sweep }).await.map_err(refused)?.into_inner();
     println!("trials:  {}", out.trials_path);
     println!("metrics: {} ({} rows)", out.metrics_dir, out.metric_rows);

@@ -24,11 +24,33 @@ use tokio::process::{Child, Command};
 
 use super::client::{check_spec, connect, read_spec, refused, source_name, SweepClient};
 use crate::{display, signals, StoreArgs};
+use sweep_shared::auth::ConnectOptions;
 
 #[derive(Args)]
 pub struct RunArgs {
     /// The spec file (YAML).
     pub spec: PathBuf,
+    #[command(flatten)]
+    pub local: LocalArgs,
+}
+
+#[derive(Args)]
+pub struct ResumeArgs {
+    /// The sweep to continue (its spec is in the state dir).
+    pub sweep: String,
+    /// A changed spec for the sweep: refused unless --extend.
+    #[arg(long)]
+    pub spec: Option<PathBuf>,
+    /// Add the changed spec's new trials to the sweep; finished trials are kept.
+    #[arg(long, requires = "spec")]
+    pub extend: bool,
+    #[command(flatten)]
+    pub local: LocalArgs,
+}
+
+/// An embedded coordinator and its local workers.
+#[derive(Args)]
+pub struct LocalArgs {
     /// Local worker processes to start.
     #[arg(long, default_value_t = 2)]
     pub workers: u32,
@@ -48,53 +70,143 @@ pub struct RunArgs {
     pub store: StoreArgs,
 }
 
+/// A coordinator serving in this process until [`Embedded::stop`].
+struct Embedded {
+    options: ConnectOptions,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<sweep_coordinator::Result<()>>,
+}
+
+impl Embedded {
+    /// Serves the state dir; `resume` hands back trials left running by a stopped run first.
+    async fn start(local: &LocalArgs, resume: bool) -> anyhow::Result<Embedded> {
+        if local.workers == 0 {
+            bail!("--workers must be at least 1");
+        }
+        if local.store.tls_cert.is_some() {
+            bail!("this command serves plain HTTP/2; for TLS start `sweep coordinator --tls-cert ... --tls-key ...` and workers");
+        }
+        let mut config = local.store.config()?;
+        config.requeue_running_at_start = resume;
+        let token = config.token.clone();
+        let listener = TcpListener::bind((local.bind.as_str(), local.port))
+            .await
+            .with_context(|| format!("binding {}:{}", local.bind, local.port))?;
+        let addr = listener.local_addr()?;
+        let host = if local.bind == "0.0.0.0" { "127.0.0.1" } else { local.bind.as_str() };
+        let url = format!("http://{host}:{}", addr.port());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let catalog: Arc<dyn JobCatalog> = Arc::new(JobRegistry::builtin());
+        let server = tokio::spawn(sweep_coordinator::run(listener, config, catalog, async move {
+            let _ = stopped.await;
+        }));
+        Ok(Embedded { options: ConnectOptions { url, token, ..Default::default() }, stop, server })
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.server.await.context("coordinator task")?.context("coordinator")?;
+        Ok(())
+    }
+}
+
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let text = read_spec(&args.spec)?;
     let (spec, trials) = check_spec(&text, &source_name(&args.spec))?;
-    if args.workers == 0 {
-        bail!("--workers must be at least 1");
+    let embedded = Embedded::start(&args.local, false).await?;
+    let outcome = async {
+        let mut client = connect(&embedded.options).await?;
+        let submitted = client
+            .submit(SubmitRequest { spec_yaml: text.clone(), source_name: source_name(&args.spec), extend: false })
+            .await
+            .map_err(|status| {
+                if status.code() == tonic::Code::AlreadyExists {
+                    anyhow::anyhow!(
+                        "{}\n(to continue the stored sweep: sweep resume {} --spec {} --extend)",
+                        status.message(),
+                        spec.name,
+                        args.spec.display()
+                    )
+                } else {
+                    refused(status)
+                }
+            })?
+            .into_inner();
+        eprintln!(
+            "sweep {} ({trials} trials{}) on {} workers; coordinator {}",
+            spec.name,
+            if submitted.existing { ", resubmitted: finished trials are kept" } else { "" },
+            args.local.workers,
+            embedded.options.url
+        );
+        watch(&args.local, &embedded.options, &mut client, &submitted.sweep_id).await
     }
-
-    let listener = TcpListener::bind((args.bind.as_str(), args.port))
-        .await
-        .with_context(|| format!("binding {}:{}", args.bind, args.port))?;
-    let addr = listener.local_addr()?;
-    let url = format!("http://{}:{}", if args.bind == "0.0.0.0" { "127.0.0.1" } else { &args.bind }, addr.port());
-    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
-    let catalog: Arc<dyn JobCatalog> = Arc::new(JobRegistry::builtin());
-    let server = tokio::spawn(sweep_coordinator::run(listener, args.store.config(), catalog, async move {
-        let _ = server_stopped.await;
-    }));
-
-    let outcome = drive(&args, &text, &url, trials as u64, spec.name.as_str()).await;
-    let _ = stop_server.send(());
-    server.await.context("coordinator task")?.context("coordinator")?;
+    .await;
+    embedded.stop().await?;
     outcome
 }
 
-async fn drive(args: &RunArgs, text: &str, url: &str, trials: u64, sweep: &str) -> anyhow::Result<()> {
-    let mut client = connect(url).await?;
-    let submitted = client
-        .submit(SubmitRequest { spec_yaml: text.to_string(), source_name: source_name(&args.spec), extend: false })
-        .await
-        .map_err(refused)?
-        .into_inner();
-    let sweep_id = submitted.sweep_id;
-    eprintln!(
-        "sweep {sweep} ({trials} trials{}) on {} workers; coordinator {url}",
-        if submitted.existing { ", resubmitted: finished trials are kept" } else { "" },
-        args.workers
-    );
+/// `sweep resume SWEEP`: continues a stopped sweep from its state dir. Interrupted trials resume
+/// from their checkpoints, pending ones start, completed ones never run again.
+pub async fn resume(args: ResumeArgs) -> anyhow::Result<()> {
+    if let Some(path) = &args.spec {
+        let (spec, _) = check_spec(&read_spec(path)?, &source_name(path))?;
+        if spec.name.as_str() != args.sweep {
+            bail!("{} describes sweep '{}', not '{}'", path.display(), spec.name, args.sweep);
+        }
+    }
+    if !args.local.store.state_dir.join("sweep.db").exists() {
+        bail!("no sweep state in {} (pass --state-dir)", args.local.store.state_dir.display());
+    }
+    let embedded = Embedded::start(&args.local, true).await?;
+    let outcome = async {
+        let mut client = connect(&embedded.options).await?;
+        let status = client.status(StatusRequest { sweep_id: args.sweep.clone() }).await.map_err(refused)?.into_inner();
+        if let Some(path) = &args.spec {
+            let text = read_spec(path)?;
+            let submitted = client
+                .submit(SubmitRequest { spec_yaml: text, source_name: source_name(path), extend: args.extend })
+                .await
+                .map_err(refused)?
+                .into_inner();
+            if submitted.added > 0 {
+                eprintln!("extended sweep {}: {} new trials", args.sweep, submitted.added);
+            }
+        }
+        eprintln!(
+            "resuming sweep {}: {} completed, {} to run, on {} workers; coordinator {}",
+            args.sweep,
+            status.completed,
+            status.pending + status.running,
+            args.local.workers,
+            embedded.options.url
+        );
+        watch(&args.local, &embedded.options, &mut client, &args.sweep).await
+    }
+    .await;
+    embedded.stop().await?;
+    outcome
+}
 
-    let log_dir = args.store.state_dir.join("logs");
+/// Starts the workers, draws the progress bar until the sweep finished (or Ctrl-C), stops the
+/// workers and prints the report.
+async fn watch(
+    local: &LocalArgs,
+    options: &ConnectOptions,
+    client: &mut SweepClient,
+    sweep_id: &str,
+) -> anyhow::Result<()> {
+    let sweep_id = sweep_id.to_string();
+    let log_dir = local.store.state_dir.join("logs");
     std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
     let mut workers = Vec::new();
-    for i in 0..args.workers {
-        workers.push(spawn_worker(url, i, args.slots, &args.store.state_dir, &log_dir)?);
+    for i in 0..local.workers {
+        workers.push(spawn_worker(options, i, local.slots, &local.store.state_dir, &log_dir)?);
     }
 
     let interrupted = signals::on_terminate()?;
-    let bar = ProgressBar::new(trials);
+    let status = client.status(StatusRequest { sweep_id: sweep_id.clone() }).await.map_err(refused)?.into_inner();
+    let bar = ProgressBar::new(status.total);
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} trials  {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -131,15 +243,18 @@ async fn drive(args: &RunArgs, text: &str, url: &str, trials: u64, sweep: &str) 
         let _ = tokio::time::timeout(Duration::from_secs(30), worker.wait()).await;
         let _ = worker.start_kill();
     }
-    report(&mut client, &sweep_id, args.top).await?;
+    report(client, &sweep_id, local.top).await?;
     if !finished {
-        eprintln!("interrupted: unfinished trials stay pending in {}", args.store.state_dir.display());
+        eprintln!(
+            "interrupted: continue with `sweep resume {sweep_id} --state-dir {}`",
+            local.store.state_dir.display()
+        );
     }
     Ok(())
 }
 
 fn spawn_worker(
-    url: &str,
+    options: &ConnectOptions,
     index: u32,
     slots: u32,
     state_dir: &std::path::Path,
@@ -148,10 +263,15 @@ fn spawn_worker(
     let exe = std::env::current_exe().context("locating the sweep binary")?;
     let log_path = log_dir.join(format!("worker-{index}.log"));
     let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
-    let child = Command::new(exe)
+    let mut command = Command::new(exe);
+    // The token travels in the environment, not on a command line that `ps` shows.
+    if let Some(token) = &options.token {
+        command.env("SWEEP_TOKEN", token);
+    }
+    let child = command
         .arg("worker")
         .arg("--coordinator")
-        .arg(url)
+        .arg(&options.url)
         .arg("--slots")
         .arg(slots.to_string())
         .arg("--work-dir")

@@ -10,7 +10,7 @@ use sweep_shared::params::JobCatalog;
 use sweep_worker::{Device, JobRegistry, WorkerConfig};
 use tokio::net::TcpListener;
 
-use crate::{signals, StoreArgs};
+use crate::{signals, CoordinatorUrl, StoreArgs};
 
 #[derive(Args)]
 pub struct CoordinatorArgs {
@@ -29,7 +29,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     println!("coordinator listening on {addr}");
     let stop = signals::on_terminate()?;
     let catalog: Arc<dyn JobCatalog> = Arc::new(JobRegistry::builtin());
-    sweep_coordinator::run(listener, args.store.config(), catalog, async move { stop.cancelled().await })
+    sweep_coordinator::run(listener, args.store.config()?, catalog, async move { stop.cancelled().await })
         .await
         .context("coordinator")?;
     Ok(())
@@ -37,9 +37,8 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
 
 #[derive(Args)]
 pub struct WorkerArgs {
-    /// The coordinator's URL.
-    #[arg(long, env = "SWEEP_COORDINATOR", default_value = "http://127.0.0.1:7070")]
-    pub coordinator: String,
+    #[command(flatten)]
+    pub coordinator: CoordinatorUrl,
     /// Trials to run at once.
     #[arg(long, default_value_t = 1)]
     pub slots: u32,
@@ -71,7 +70,7 @@ pub struct WorkerArgs {
 
 pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let device = Device::parse(&args.device).map_err(anyhow::Error::msg)?;
-    let mut config = WorkerConfig::new(args.coordinator, args.work_dir.join("checkpoints"));
+    let mut config = WorkerConfig::new(args.coordinator.options()?, args.work_dir.join("checkpoints"));
     config.slots = args.slots;
     config.device = device;
     config.job_kinds = args.job_kinds;

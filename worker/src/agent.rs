@@ -70,7 +70,9 @@ async fn register(
                     heartbeat_every: Duration::from_millis(response.heartbeat_interval_ms.max(100)),
                 });
             }
-            Err(status) if status.code() == tonic::Code::InvalidArgument => return Err(status.into()),
+            Err(status) if matches!(status.code(), tonic::Code::InvalidArgument | tonic::Code::Unauthenticated) => {
+                return Err(status.into())
+            }
             Err(status) => {
                 let delay = backoff.next_delay();
                 warn!(%status, retry_in_ms = delay.as_millis() as u64, "register failed");

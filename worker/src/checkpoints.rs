@@ -66,7 +66,11 @@ pub fn upload_chunks(trial_id: &str, epoch: u64, attempt: u32, step: u64, bytes:
 }
 
 /// Fetches a checkpoint and checks it against what the coordinator recorded.
-async fn fetch(client: &mut Client, lease: &TrialLease, info: &CheckpointInfo) -> Result<std::result::Result<Checkpoint, String>> {
+async fn fetch(
+    client: &mut Client,
+    lease: &TrialLease,
+    info: &CheckpointInfo,
+) -> Result<std::result::Result<Checkpoint, String>> {
     let request = FetchCheckpointRequest { trial_id: lease.trial_id.clone(), epoch: lease.epoch, step: info.step };
     let mut stream = client.fetch_checkpoint(request).await?.into_inner();
     let mut bytes = Vec::with_capacity(info.bytes as usize);
@@ -114,7 +118,12 @@ pub async fn restore_from_lease(
             Err(problem) => problem,
         };
         warn!(trial = %lease.trial_id, step = info.step, %problem, "bad checkpoint; asking for the previous one");
-        let report = BadCheckpointRequest { trial_id: lease.trial_id.clone(), epoch: lease.epoch, step: info.step, reason: problem };
+        let report = BadCheckpointRequest {
+            trial_id: lease.trial_id.clone(),
+            epoch: lease.epoch,
+            step: info.step,
+            reason: problem,
+        };
         next = match client.report_bad_checkpoint(report).await {
             Ok(response) => response.into_inner().fallback,
             Err(status) if status.code() == tonic::Code::FailedPrecondition => {

@@ -2,15 +2,17 @@
 
 use std::time::Duration;
 
+use sweep_shared::auth::{ClientAuth, ConnectOptions};
 use sweep_shared::limits::MAX_MESSAGE_BYTES;
 use sweep_shared::proto::worker_service_client::WorkerServiceClient;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 use tracing::{info, warn};
 
 use crate::error::{Result, WorkerError};
 
-pub type Client = WorkerServiceClient<Channel>;
+pub type Client = WorkerServiceClient<InterceptedService<Channel, ClientAuth>>;
 
 /// Back-off between attempts: doubles from 100 ms up to `max`.
 #[derive(Debug, Clone)]
@@ -35,15 +37,19 @@ impl Backoff {
     }
 }
 
-/// Connects to `url`, retrying with back-off until it answers, `timeout` passes, or `stop` fires.
+/// Connects to the coordinator, retrying with back-off until it answers, `timeout` passes, or
+/// `stop` fires.
 pub async fn connect(
-    url: &str,
+    options: &ConnectOptions,
     max_backoff: Duration,
     timeout: Option<Duration>,
     stop: &CancellationToken,
 ) -> Result<Client> {
-    let endpoint = Endpoint::from_shared(url.to_string())
-        .map_err(|e| WorkerError::Config(format!("coordinator URL '{url}': {e}")))?
+    let url = options.url.as_str();
+    let auth = options.auth().map_err(WorkerError::Config)?;
+    let endpoint = options
+        .endpoint()
+        .map_err(WorkerError::Config)?
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_while_idle(true);
@@ -53,7 +59,7 @@ pub async fn connect(
         match endpoint.connect().await {
             Ok(channel) => {
                 info!(coordinator = url, "connected");
-                return Ok(WorkerServiceClient::new(channel)
+                return Ok(WorkerServiceClient::with_interceptor(channel, auth)
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES));
             }

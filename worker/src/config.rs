@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use sweep_shared::auth::ConnectOptions;
+
 /// Where a worker runs its trials' tensors.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Device {
@@ -39,8 +41,8 @@ impl std::fmt::Display for Device {
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    /// The coordinator's URL, e.g. `http://10.0.0.5:7070`.
-    pub coordinator: String,
+    /// How to reach the coordinator: URL (e.g. `http://10.0.0.5:7070`), token, TLS CA.
+    pub coordinator: ConnectOptions,
     /// Trials run at once.
     pub slots: u32,
     pub device: Device,
@@ -65,7 +67,7 @@ pub struct WorkerConfig {
 }
 
 impl WorkerConfig {
-    pub fn new(coordinator: String, checkpoint_dir: PathBuf) -> Self {
+    pub fn new(coordinator: ConnectOptions, checkpoint_dir: PathBuf) -> Self {
         WorkerConfig {
             coordinator,
             slots: 1,

@@ -58,7 +58,12 @@ impl MetricSink for ChannelSink {
     fn report(&mut self, step: u64, name: &str, value: f64) {
         let wall_time_us = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
         // A closed channel means the trial is being dropped (lease lost): nothing to deliver to.
-        let _ = self.outbox.blocking_send(OutboxItem::Point(MetricPoint { step, name: name.to_string(), value, wall_time_us }));
+        let _ = self.outbox.blocking_send(OutboxItem::Point(MetricPoint {
+            step,
+            name: name.to_string(),
+            value,
+            wall_time_us,
+        }));
     }
 }
 
