@@ -94,7 +94,7 @@ pub fn trials_table(trials: &[TrialInfo]) -> Table {
     let keys = varying_keys(&sets);
     let mut header = vec!["trial"];
     header.extend(keys.iter().map(String::as_str));
-    header.extend(["seed", "status", "attempts", "objective", "seconds", "error"]);
+    header.extend(["seed", "status", "attempts", "resumed at", "objective", "seconds", "error / last event"]);
     let mut t = table(header);
     for (trial, params) in trials.iter().zip(&sets) {
         let mut row = vec![trial.trial_id.clone()];
@@ -103,9 +103,13 @@ pub fn trials_table(trials: &[TrialInfo]) -> Table {
             trial.seed.to_string(),
             trial.status.clone(),
             trial.attempts.to_string(),
+            if trial.resumed_from > 0 { trial.resumed_from.to_string() } else { "-".into() },
             trial.objective.map(number).unwrap_or_else(|| "-".into()),
             format!("{:.1}", trial.wall_seconds),
-            trial.error.chars().take(60).collect(),
+            if trial.error.is_empty() { trial.events.last().cloned().unwrap_or_default() } else { trial.error.clone() }
+                .chars()
+                .take(80)
+                .collect(),
         ]);
         t.add_row(row);
     }

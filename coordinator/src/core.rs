@@ -369,6 +369,22 @@ impl Core {
         store::trials_of_sweep(self.store.conn(), sweep_id)
     }
 
+    /// The sweep's trials with their recorded events.
+    pub fn trials_with_events(&self, sweep_id: &SweepId) -> Result<Vec<(TrialRow, Vec<String>)>> {
+        let trials = self.trials(sweep_id)?;
+        let mut events: HashMap<String, Vec<String>> = HashMap::new();
+        for (trial, event) in store::sweep_events(self.store.conn(), sweep_id)? {
+            events.entry(trial).or_default().push(event);
+        }
+        Ok(trials
+            .into_iter()
+            .map(|t| {
+                let e = events.remove(t.trial_id.as_str()).unwrap_or_default();
+                (t, e)
+            })
+            .collect())
+    }
+
     /// Configurations ranked by their mean objective over seeds (completed trials only).
     pub fn best(&self, sweep_id: &SweepId, top: usize) -> Result<(MetricSpec, Vec<ConfigStats>)> {
         let metric = self.metric_of(sweep_id)?;
@@ -683,11 +699,6 @@ impl Core {
             Ok(fallback)
         })?;
         Ok(fallback)
-    }
-
-    /// Recorded events of a trial (bad checkpoints, interruptions).
-    pub fn events(&self, trial_id: &TrialId) -> Result<Vec<(String, String)>> {
-        store::events(self.store.conn(), trial_id)
     }
 
     fn delete_checkpoint_files(&self, keys: &[String]) {

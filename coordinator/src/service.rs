@@ -451,11 +451,11 @@ impl SweepService for Service {
         let req = request.into_inner();
         id_field(&req.sweep_id, "sweep_id")?;
         let sweep_id = SweepId(req.sweep_id);
-        let trials = self.handle.call(move |core| core.trials(&sweep_id)).await?;
+        let trials = self.handle.call(move |core| core.trials_with_events(&sweep_id)).await?;
         Ok(Response::new(ListTrialsResponse {
             trials: trials
                 .into_iter()
-                .map(|t| TrialInfo {
+                .map(|(t, events)| TrialInfo {
                     trial_id: t.trial_id.0,
                     config_id: t.config_id,
                     params_json: t.params_json,
@@ -468,6 +468,7 @@ impl SweepService for Service {
                     wall_seconds: t.wall_seconds.unwrap_or(0.0),
                     handbacks: t.handbacks,
                     resumed_from: t.resumed_from.unwrap_or(0),
+                    events,
                 })
                 .collect(),
         }))

@@ -830,11 +830,14 @@ pub fn record_event(
     Ok(())
 }
 
-/// Events of a trial, oldest first: (kind, message).
-pub fn events(conn: &Connection, trial_id: &TrialId) -> Result<Vec<(String, String)>> {
-    let mut stmt = conn.prepare_cached("SELECT kind, message FROM events WHERE trial_id = ?1 ORDER BY id")?;
+/// Events of every trial of a sweep, oldest first: (trial, "kind: message").
+pub fn sweep_events(conn: &Connection, sweep_id: &SweepId) -> Result<Vec<(String, String)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT e.trial_id, e.kind || ': ' || e.message FROM events e JOIN trials t USING (trial_id)
+         WHERE t.sweep_id = ?1 ORDER BY e.id",
+    )?;
     let rows =
-        stmt.query_map([trial_id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<Vec<_>>>()?;
+        stmt.query_map([sweep_id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(rows)
 }
 
