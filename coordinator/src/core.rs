@@ -614,8 +614,8 @@ impl Core {
         let keys = store::drop_checkpoints(self.store.conn(), trial_id)?;
         self.delete_checkpoint_files(&keys);
         self.dirty_sweeps.insert(sweep_id.clone());
-        let counts = store::status_counts(self.store.conn(), sweep_id)?;
-        if counts.unfinished() == 0 {
+        if !store::has_unfinished(self.store.conn(), sweep_id)? {
+            let counts = store::status_counts(self.store.conn(), sweep_id)?;
             info!(sweep = %sweep_id, completed = counts.completed, failed = counts.failed, "sweep finished");
             self.finalize(sweep_id)?;
         }

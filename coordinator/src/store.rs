@@ -533,6 +533,15 @@ pub fn cancel_sweep(conn: &Connection, sweep_id: &SweepId, now_ms: i64) -> Resul
     Ok(n as u64)
 }
 
+/// Whether any trial of the sweep is still pending or running (an index probe, not a count).
+pub fn has_unfinished(conn: &Connection, sweep_id: &SweepId) -> Result<bool> {
+    let found: i64 = conn.prepare_cached(
+        "SELECT EXISTS(SELECT 1 FROM trials WHERE sweep_id = ?1 AND status IN ('pending', 'running'))",
+    )?
+    .query_row([sweep_id.as_str()], |r| r.get(0))?;
+    Ok(found == 1)
+}
+
 pub fn status_counts(conn: &Connection, sweep_id: &SweepId) -> Result<StatusCounts> {
     let mut stmt = conn.prepare_cached("SELECT status, COUNT(*) FROM trials WHERE sweep_id = ?1 GROUP BY status")?;
     let mut counts = StatusCounts::default();
