@@ -662,7 +662,7 @@ struct Tally {
     by_code: BTreeMap<String, usize>,
     suspicious: Vec<String>,
     notes: Vec<String>,
-    /// Internal and Unknown answers by the start of their message, for the summary.
+    /// Internal and Unknown answers by their message up to the first ':', for the summary.
     internal_messages: BTreeMap<String, usize>,
 }
 
@@ -682,12 +682,12 @@ impl Tally {
         *self.by_code.entry(format!("{code:?}")).or_default() += 1;
         if let Ok(Err(status)) = &answer {
             if matches!(status.code(), Code::Internal | Code::Unknown) {
-                let message: String = status.message().chars().take(60).collect();
+                let message = status.message().split(':').next().unwrap_or_default().to_string();
                 *self.internal_messages.entry(message).or_default() += 1;
             }
         }
         let framework = matches!(&answer, Ok(Err(status))
-            if status.code() == Code::Internal && FRAMEWORK_INTERNAL.iter().any(|m| status.message().contains(m)));
+            if status.code() == Code::Internal && FRAMEWORK_INTERNAL.iter().any(|m| status.message().starts_with(m)));
         if !allowed.contains(&code) && !framework {
             let what = match &answer {
                 Ok(Ok(reply)) => format!("reply {}", excerpt(&format!("{reply:?}"))),
@@ -806,7 +806,33 @@ async fn hostile_values(
     let hostile = submit(sweeps, spec).await;
     let worker = register(workers, "hostile", vec!["quadratic".into()], 4).await;
 
-    // Register.
+    hostile_registrations(workers, tally).await;
+    for (id, allowed) in hostile_ids() {
+        hostile_id_everywhere(&id, allowed, &worker, sweeps, workers, tally).await;
+    }
+    hostile_heartbeats(&worker, workers, tally).await;
+
+    // A real lease, then reports that are wrong in one way each.
+    let first = acquire_one(workers, &worker).await;
+    let lease = LeaseRef { trial_id: first.trial_id.clone(), epoch: u64::MAX };
+    let answer =
+        bounded(CALL_LIMIT, workers.heartbeat(HeartbeatRequest { worker_id: worker.clone(), leases: vec![lease] }))
+            .await;
+    match &answer {
+        Ok(Ok(reply)) if reply.get_ref().known && reply.get_ref().revoked.len() == 1 => {}
+        other => tally.suspicious.push(format!("heartbeat with epoch u64::MAX on a real trial: {other:?}")),
+    }
+    tally.record("heartbeat epoch u64::MAX", answer, OK);
+
+    hostile_checkpoints(&first, workers, tally).await;
+    let acked = hostile_metric_reports(&first, workers, tally).await;
+    hostile_fail_and_release(&worker, workers, tally).await;
+    hostile_sweep_reads_back(&hostile, acked, sweeps, tally).await;
+    hostile_submits(url, tally).await;
+}
+
+/// Registrations of hostile shapes: no job kinds, slots 0 and 1e9, fields of 10 KB.
+async fn hostile_registrations(workers: &mut WorkerServiceClient<Channel>, tally: &mut Tally) {
     let base = RegisterRequest {
         hostname: "host".into(),
         job_kinds: vec!["quadratic".into()],
@@ -842,83 +868,92 @@ async fn hostile_values(
         let answer = bounded(CALL_LIMIT, workers.register(request)).await;
         tally.record(&format!("register {case}"), answer, allowed);
     }
+}
 
-    // Ids on every method that takes one.
-    for (id, allowed) in hostile_ids() {
-        let short = excerpt(&id);
-        let acquire = workers.acquire_trials(AcquireRequest { worker_id: id.clone(), max_trials: 1, wait_ms: 0 });
-        tally.record(&format!("acquire worker {short:?}"), bounded(CALL_LIMIT, acquire).await, allowed);
-        let heartbeat = workers.heartbeat(HeartbeatRequest { worker_id: id.clone(), leases: vec![] });
-        // An unknown but well-formed worker is told to register again, not refused.
-        let heartbeat_allowed = if allowed == NF { OK } else { allowed };
-        tally.record(&format!("heartbeat worker {short:?}"), bounded(CALL_LIMIT, heartbeat).await, heartbeat_allowed);
-        let lease = LeaseRef { trial_id: id.clone(), epoch: 1 };
-        let heartbeat = workers.heartbeat(HeartbeatRequest { worker_id: worker.clone(), leases: vec![lease] });
-        tally.record(&format!("heartbeat lease {short:?}"), bounded(CALL_LIMIT, heartbeat).await, heartbeat_allowed);
-        let complete = workers.complete_trial(CompleteRequest {
-            trial_id: id.clone(),
-            epoch: u64::MAX,
-            batches: u64::MAX,
-            wall_seconds: f64::NAN,
-        });
-        tally.record(&format!("complete trial {short:?}"), bounded(CALL_LIMIT, complete).await, allowed);
-        let fail =
-            workers.fail_trial(FailRequest { trial_id: id.clone(), epoch: 0, error: id.clone(), permanent: true });
-        tally.record(&format!("fail trial {short:?}"), bounded(CALL_LIMIT, fail).await, allowed);
-        let release =
-            workers.release_trial(ReleaseRequest { trial_id: id.clone(), epoch: u64::MAX, reason: id.clone() });
-        tally.record(&format!("release trial {short:?}"), bounded(CALL_LIMIT, release).await, allowed);
-        let fetch = fetch_chunks(workers, FetchCheckpointRequest { trial_id: id.clone(), epoch: 1, step: u64::MAX });
-        tally.record(&format!("fetch checkpoint of trial {short:?}"), bounded(CALL_LIMIT, fetch).await, allowed);
-        let bad = workers.report_bad_checkpoint(BadCheckpointRequest {
-            trial_id: id.clone(),
-            epoch: 1,
-            step: u64::MAX,
-            reason: id.clone(),
-        });
-        tally.record(&format!("report bad checkpoint of trial {short:?}"), bounded(CALL_LIMIT, bad).await, allowed);
-        let upload = workers.upload_checkpoint(tokio_stream::iter(vec![chunk(&id, 1, 1, Some(info(0, 1)), vec![0])]));
-        tally.record(&format!("upload checkpoint of trial {short:?}"), bounded(CALL_LIMIT, upload).await, allowed);
-        let acks = bounded(CALL_LIMIT, stream_batches(workers, vec![batch(&id, 1, 1, 1, points(1, "loss"))])).await;
-        record_acks(tally, &format!("metrics for trial {short:?}"), acks, &[metric_ack::Status::Rejected]);
-        for (method, answer) in [
-            (
-                "status",
-                bounded(CALL_LIMIT, sweeps.status(StatusRequest { sweep_id: id.clone() })).await.map(drop_reply),
-            ),
-            (
-                "trials",
-                bounded(CALL_LIMIT, sweeps.list_trials(ListTrialsRequest { sweep_id: id.clone() }))
-                    .await
-                    .map(drop_reply),
-            ),
-            (
-                "best",
-                bounded(CALL_LIMIT, sweeps.best(BestRequest { sweep_id: id.clone(), top: u32::MAX }))
-                    .await
-                    .map(drop_reply),
-            ),
-            (
-                "cancel",
-                bounded(CALL_LIMIT, sweeps.cancel(CancelRequest { sweep_id: id.clone() })).await.map(drop_reply),
-            ),
-            (
-                "export",
-                bounded(CALL_LIMIT, sweeps.export(ExportRequest { sweep_id: id.clone() })).await.map(drop_reply),
-            ),
-        ] {
-            tally.record(&format!("{method} sweep {short:?}"), answer, allowed);
-        }
+/// One hostile id on every method that takes an id.
+async fn hostile_id_everywhere(
+    id: &str,
+    allowed: &'static [Code],
+    worker: &str,
+    sweeps: &mut SweepServiceClient<Channel>,
+    workers: &mut WorkerServiceClient<Channel>,
+    tally: &mut Tally,
+) {
+    let short = excerpt(id);
+    let acquire = workers.acquire_trials(AcquireRequest { worker_id: id.to_string(), max_trials: 1, wait_ms: 0 });
+    tally.record(&format!("acquire worker {short:?}"), bounded(CALL_LIMIT, acquire).await, allowed);
+    let heartbeat = workers.heartbeat(HeartbeatRequest { worker_id: id.to_string(), leases: vec![] });
+    // An unknown but well-formed worker is told to register again, not refused.
+    let heartbeat_allowed = if allowed == NF { OK } else { allowed };
+    tally.record(&format!("heartbeat worker {short:?}"), bounded(CALL_LIMIT, heartbeat).await, heartbeat_allowed);
+    let lease = LeaseRef { trial_id: id.to_string(), epoch: 1 };
+    let heartbeat = workers.heartbeat(HeartbeatRequest { worker_id: worker.to_string(), leases: vec![lease] });
+    tally.record(&format!("heartbeat lease {short:?}"), bounded(CALL_LIMIT, heartbeat).await, heartbeat_allowed);
+    let complete = workers.complete_trial(CompleteRequest {
+        trial_id: id.to_string(),
+        epoch: u64::MAX,
+        batches: u64::MAX,
+        wall_seconds: f64::NAN,
+    });
+    tally.record(&format!("complete trial {short:?}"), bounded(CALL_LIMIT, complete).await, allowed);
+    let fail =
+        workers.fail_trial(FailRequest { trial_id: id.to_string(), epoch: 0, error: id.to_string(), permanent: true });
+    tally.record(&format!("fail trial {short:?}"), bounded(CALL_LIMIT, fail).await, allowed);
+    let release =
+        workers.release_trial(ReleaseRequest { trial_id: id.to_string(), epoch: u64::MAX, reason: id.to_string() });
+    tally.record(&format!("release trial {short:?}"), bounded(CALL_LIMIT, release).await, allowed);
+    let fetch = fetch_chunks(workers, FetchCheckpointRequest { trial_id: id.to_string(), epoch: 1, step: u64::MAX });
+    tally.record(&format!("fetch checkpoint of trial {short:?}"), bounded(CALL_LIMIT, fetch).await, allowed);
+    let bad = workers.report_bad_checkpoint(BadCheckpointRequest {
+        trial_id: id.to_string(),
+        epoch: 1,
+        step: u64::MAX,
+        reason: id.to_string(),
+    });
+    tally.record(&format!("report bad checkpoint of trial {short:?}"), bounded(CALL_LIMIT, bad).await, allowed);
+    let upload = workers.upload_checkpoint(tokio_stream::iter(vec![chunk(id, 1, 1, Some(info(0, 1)), vec![0])]));
+    tally.record(&format!("upload checkpoint of trial {short:?}"), bounded(CALL_LIMIT, upload).await, allowed);
+    let acks = bounded(CALL_LIMIT, stream_batches(workers, vec![batch(id, 1, 1, 1, points(1, "loss"))])).await;
+    record_acks(tally, &format!("metrics for trial {short:?}"), acks, &[metric_ack::Status::Rejected]);
+    for (method, answer) in [
+        (
+            "status",
+            bounded(CALL_LIMIT, sweeps.status(StatusRequest { sweep_id: id.to_string() })).await.map(drop_reply),
+        ),
+        (
+            "trials",
+            bounded(CALL_LIMIT, sweeps.list_trials(ListTrialsRequest { sweep_id: id.to_string() }))
+                .await
+                .map(drop_reply),
+        ),
+        (
+            "best",
+            bounded(CALL_LIMIT, sweeps.best(BestRequest { sweep_id: id.to_string(), top: u32::MAX }))
+                .await
+                .map(drop_reply),
+        ),
+        (
+            "cancel",
+            bounded(CALL_LIMIT, sweeps.cancel(CancelRequest { sweep_id: id.to_string() })).await.map(drop_reply),
+        ),
+        (
+            "export",
+            bounded(CALL_LIMIT, sweeps.export(ExportRequest { sweep_id: id.to_string() })).await.map(drop_reply),
+        ),
+    ] {
+        tally.record(&format!("{method} sweep {short:?}"), answer, allowed);
     }
+}
 
-    // Heartbeats: too many leases, the most allowed, an epoch no lease has.
+/// Heartbeats with too many leases, the most allowed, and an epoch no lease has.
+async fn hostile_heartbeats(worker: &str, workers: &mut WorkerServiceClient<Channel>, tally: &mut Tally) {
     let many = |n: usize| (0..n).map(|i| LeaseRef { trial_id: format!("{i:0>128}"), epoch: u64::MAX }).collect();
     let answer =
-        bounded(CALL_LIMIT, workers.heartbeat(HeartbeatRequest { worker_id: worker.clone(), leases: many(4097) }))
+        bounded(CALL_LIMIT, workers.heartbeat(HeartbeatRequest { worker_id: worker.to_string(), leases: many(4097) }))
             .await;
     tally.record("heartbeat 4097 leases", answer, IA);
     let answer =
-        bounded(CALL_LIMIT, workers.heartbeat(HeartbeatRequest { worker_id: worker.clone(), leases: many(4096) }))
+        bounded(CALL_LIMIT, workers.heartbeat(HeartbeatRequest { worker_id: worker.to_string(), leases: many(4096) }))
             .await;
     if let Ok(Ok(reply)) = &answer {
         let reply = reply.get_ref();
@@ -931,22 +966,11 @@ async fn hostile_values(
         }
     }
     tally.record("heartbeat 4096 leases", answer, OK);
+}
 
-    // A real lease, then reports that are wrong in one way each.
-    let first = acquire_one(workers, &worker).await;
-    let trial = first.trial_id.as_str();
-    let (epoch, attempt) = (first.epoch, first.attempt);
-    let lease = LeaseRef { trial_id: trial.into(), epoch: u64::MAX };
-    let answer =
-        bounded(CALL_LIMIT, workers.heartbeat(HeartbeatRequest { worker_id: worker.clone(), leases: vec![lease] }))
-            .await;
-    match &answer {
-        Ok(Ok(reply)) if reply.get_ref().known && reply.get_ref().revoked.len() == 1 => {}
-        other => tally.suspicious.push(format!("heartbeat with epoch u64::MAX on a real trial: {other:?}")),
-    }
-    tally.record("heartbeat epoch u64::MAX", answer, OK);
-
-    // Checkpoint uploads that are wrong in one way each, against the real lease.
+/// Checkpoint uploads, fetches and bad-checkpoint reports, each wrong in one way, on a real lease.
+async fn hostile_checkpoints(lease: &TrialLease, workers: &mut WorkerServiceClient<Channel>, tally: &mut Tally) {
+    let (trial, epoch, attempt) = (lease.trial_id.as_str(), lease.epoch, lease.attempt);
     let good_info = || Some(info(1, 4));
     let uploads: Vec<(&str, Vec<CheckpointChunk>, &[Code])> = vec![
         ("no chunks", vec![], IA),
@@ -1018,7 +1042,16 @@ async fn hostile_values(
             &[Code::NotFound, Code::FailedPrecondition],
         );
     }
+}
 
+/// Metric batches and completions, each wrong in one way, on a real lease. Returns how many points
+/// the coordinator acknowledged as stored, and how many of those were NaN.
+async fn hostile_metric_reports(
+    lease: &TrialLease,
+    workers: &mut WorkerServiceClient<Channel>,
+    tally: &mut Tally,
+) -> (usize, usize) {
+    let (trial, epoch, attempt) = (lease.trial_id.as_str(), lease.epoch, lease.attempt);
     use metric_ack::Status as Ack;
     let long_name = "n".repeat(1024);
     let mut step_too_big = points(1, "loss");
@@ -1114,8 +1147,12 @@ async fn hostile_values(
         tally.record(&format!("complete {case}"), bounded(CALL_LIMIT, workers.complete_trial(request)).await, allowed);
     }
 
-    // A second lease fails with a 1 MB error; a third is handed back with a 1 MB reason.
-    let second = acquire_one(workers, &worker).await;
+    (stored_points, stored_nan)
+}
+
+/// A second lease fails with a 1 MB error; a third is handed back with a 1 MB reason.
+async fn hostile_fail_and_release(worker: &str, workers: &mut WorkerServiceClient<Channel>, tally: &mut Tally) {
+    let second = acquire_one(workers, worker).await;
     let fail = FailRequest {
         trial_id: second.trial_id.clone(),
         epoch: second.epoch,
@@ -1126,23 +1163,32 @@ async fn hostile_values(
     let fail =
         FailRequest { trial_id: second.trial_id.clone(), epoch: second.epoch, error: String::new(), permanent: true };
     tally.record("fail the same lease again", bounded(CALL_LIMIT, workers.fail_trial(fail)).await, FP);
-    let third = acquire_one(workers, &worker).await;
+    let third = acquire_one(workers, worker).await;
     let release =
         ReleaseRequest { trial_id: third.trial_id.clone(), epoch: third.epoch, reason: "\u{0}".repeat(1 << 20) };
     tally.record("release with a 1 MB reason", bounded(CALL_LIMIT, workers.release_trial(release)).await, OK);
     let release = ReleaseRequest { trial_id: third.trial_id.clone(), epoch: third.epoch, reason: String::new() };
     tally.record("release the same lease again", bounded(CALL_LIMIT, workers.release_trial(release)).await, FP);
-    let greedy = AcquireRequest { worker_id: worker.clone(), max_trials: u32::MAX, wait_ms: 0 };
+    let greedy = AcquireRequest { worker_id: worker.to_string(), max_trials: u32::MAX, wait_ms: 0 };
     tally.record("acquire max_trials u32::MAX", bounded(CALL_LIMIT, workers.acquire_trials(greedy)).await, OK);
+}
 
-    // What the hostile reports left behind still reads back and exports.
-    let answer = bounded(CALL_LIMIT, sweeps.status(StatusRequest { sweep_id: hostile.clone() })).await;
+/// What the hostile reports left behind still reads back and exports; `acked` is what
+/// [`hostile_metric_reports`] returned.
+async fn hostile_sweep_reads_back(
+    hostile: &str,
+    acked: (usize, usize),
+    sweeps: &mut SweepServiceClient<Channel>,
+    tally: &mut Tally,
+) {
+    let (stored_points, stored_nan) = acked;
+    let answer = bounded(CALL_LIMIT, sweeps.status(StatusRequest { sweep_id: hostile.to_string() })).await;
     tally.record("status of the hostile sweep", answer.map(|r| r.map(|r| r.into_inner())), OK);
-    let answer = bounded(CALL_LIMIT, sweeps.list_trials(ListTrialsRequest { sweep_id: hostile.clone() })).await;
+    let answer = bounded(CALL_LIMIT, sweeps.list_trials(ListTrialsRequest { sweep_id: hostile.to_string() })).await;
     tally.record("trials of the hostile sweep", answer.map(|r| r.map(|r| r.into_inner().trials.len())), OK);
-    let answer = bounded(CALL_LIMIT, sweeps.best(BestRequest { sweep_id: hostile.clone(), top: u32::MAX })).await;
+    let answer = bounded(CALL_LIMIT, sweeps.best(BestRequest { sweep_id: hostile.to_string(), top: u32::MAX })).await;
     tally.record("best of the hostile sweep", answer.map(|r| r.map(|r| r.into_inner().configs.len())), OK);
-    let answer = bounded(CALL_LIMIT, sweeps.export(ExportRequest { sweep_id: hostile.clone() })).await;
+    let answer = bounded(CALL_LIMIT, sweeps.export(ExportRequest { sweep_id: hostile.to_string() })).await;
     if let Ok(Ok(export)) = &answer {
         let export = export.get_ref();
         if export.metric_rows != stored_points as u64 {
@@ -1166,11 +1212,13 @@ async fn hostile_values(
     }
     tally.record("export of the hostile sweep", answer.map(|r| r.map(|r| r.into_inner())), OK);
     for case in ["cancel the hostile sweep", "cancel it again"] {
-        let answer = bounded(CALL_LIMIT, sweeps.cancel(CancelRequest { sweep_id: hostile.clone() })).await;
+        let answer = bounded(CALL_LIMIT, sweeps.cancel(CancelRequest { sweep_id: hostile.to_string() })).await;
         tally.record(case, answer, OK);
     }
+}
 
-    // Submit: hostile source names, and a spec that is nothing but NUL bytes.
+/// Submits with hostile source names, and a spec that is nothing but NUL bytes.
+async fn hostile_submits(url: &str, tally: &mut Tally) {
     for (case, source_name, spec_yaml) in [
         ("a 10 KB source name", "s".repeat(10 * 1024), "name: [".to_string()),
         ("a source name with '/' and '..'", "../../etc/passwd".into(), String::new()),

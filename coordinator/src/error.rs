@@ -39,23 +39,36 @@ impl CoordinatorError {
     }
 }
 
+/// Longest message a status carries: it travels in an HTTP/2 header, which peers cap at 16 KiB.
+const MAX_STATUS_MESSAGE: usize = 8 * 1024;
+
+fn capped(message: String) -> String {
+    if message.len() <= MAX_STATUS_MESSAGE {
+        return message;
+    }
+    let mut end = MAX_STATUS_MESSAGE;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... (message cut at {MAX_STATUS_MESSAGE} bytes)", &message[..end])
+}
+
 impl From<CoordinatorError> for Status {
     fn from(err: CoordinatorError) -> Status {
+        let message = capped(err.to_string());
         match &err {
-            CoordinatorError::InvalidSpec(_) | CoordinatorError::InvalidRequest(_) => {
-                Status::invalid_argument(err.to_string())
-            }
-            CoordinatorError::NotFound(_) => Status::not_found(err.to_string()),
-            CoordinatorError::AlreadyExists(_) => Status::already_exists(err.to_string()),
+            CoordinatorError::InvalidSpec(_) | CoordinatorError::InvalidRequest(_) => Status::invalid_argument(message),
+            CoordinatorError::NotFound(_) => Status::not_found(message),
+            CoordinatorError::AlreadyExists(_) => Status::already_exists(message),
             CoordinatorError::StaleEpoch { .. } | CoordinatorError::FailedPrecondition(_) => {
-                Status::failed_precondition(err.to_string())
+                Status::failed_precondition(message)
             }
-            CoordinatorError::ShuttingDown => Status::unavailable(err.to_string()),
+            CoordinatorError::ShuttingDown => Status::unavailable(message),
             CoordinatorError::Store(_)
             | CoordinatorError::Parquet(_)
             | CoordinatorError::Arrow(_)
             | CoordinatorError::Io { .. }
-            | CoordinatorError::Corrupt(_) => Status::internal(err.to_string()),
+            | CoordinatorError::Corrupt(_) => Status::internal(message),
         }
     }
 }

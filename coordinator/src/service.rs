@@ -55,6 +55,11 @@ fn id_field(value: &str, field: &str) -> Result<(), Status> {
     Ok(())
 }
 
+/// A free-text field from the wire, cut to `max` characters with control characters replaced.
+fn printable(text: &str, max: usize) -> String {
+    text.chars().take(max).map(|c| if c.is_control() { '?' } else { c }).collect()
+}
+
 fn lease_to_wire(lease: crate::core::Lease) -> TrialLease {
     let t = lease.trial;
     TrialLease {
@@ -113,8 +118,20 @@ type ChunkStream = Pin<Box<dyn Stream<Item = Result<CheckpointChunk, Status>> + 
 impl WorkerService for Service {
     async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<RegisterResponse>, Status> {
         let req = request.into_inner();
-        if req.hostname.len() > 255 || req.job_kinds.len() > 64 || req.devices.len() > 64 {
+        if req.hostname.is_empty() || req.hostname.len() > 255 || req.hostname.chars().any(char::is_control) {
+            return Err(Status::invalid_argument("hostname must be 1..=255 printable characters"));
+        }
+        if req.job_kinds.len() > 64 || req.devices.len() > 64 || req.version.len() > 64 {
             return Err(Status::invalid_argument("register request is too large"));
+        }
+        for kind in &req.job_kinds {
+            id_field(kind, "job kind")?;
+        }
+        for device in &req.devices {
+            if device.is_empty() || device.len() > 32 || !device.chars().all(|c| c.is_ascii_alphanumeric() || c == ':')
+            {
+                return Err(Status::invalid_argument("a device is cpu or cuda:N"));
+            }
         }
         let worker_id =
             self.handle.call(move |core| core.register(&req.hostname, req.job_kinds, req.devices, req.slots)).await?;
@@ -183,7 +200,9 @@ impl WorkerService for Service {
                 let batch = match next {
                     Ok(batch) => batch,
                     Err(status) => {
+                        // Tell the worker why (an oversized or undecodable batch), then stop.
                         debug!(%status, "metric stream ended with an error");
+                        let _ = acks.send(Err(status)).await;
                         break;
                     }
                 };
@@ -213,7 +232,7 @@ impl WorkerService for Service {
         let trial_id = TrialId(req.trial_id);
         let will_retry = self
             .handle
-            .call(move |core| core.fail(&trial_id, LeaseEpoch(req.epoch), &req.error, req.permanent))
+            .call(move |core| core.fail(&trial_id, LeaseEpoch(req.epoch), &printable(&req.error, 4096), req.permanent))
             .await?;
         Ok(Response::new(FailResponse { will_retry }))
     }
@@ -369,7 +388,9 @@ impl WorkerService for Service {
         let trial_id = TrialId(req.trial_id);
         let fallback = self
             .handle
-            .call(move |core| core.bad_checkpoint(&trial_id, LeaseEpoch(req.epoch), req.step, &req.reason))
+            .call(move |core| {
+                core.bad_checkpoint(&trial_id, LeaseEpoch(req.epoch), req.step, &printable(&req.reason, 1024))
+            })
             .await?;
         Ok(Response::new(BadCheckpointResponse { fallback: fallback.as_ref().map(checkpoint_info) }))
     }
@@ -378,7 +399,7 @@ impl WorkerService for Service {
         let req = request.into_inner();
         id_field(&req.trial_id, "trial_id")?;
         let trial_id = TrialId(req.trial_id);
-        let reason: String = req.reason.chars().take(512).collect();
+        let reason = printable(&req.reason, 512);
         self.handle.call(move |core| core.release(&trial_id, LeaseEpoch(req.epoch), &reason)).await?;
         Ok(Response::new(ReleaseResponse {}))
     }
@@ -424,7 +445,8 @@ async fn store_batch(handle: &CoordinatorHandle, batch: MetricBatch) -> MetricAc
 impl SweepService for Service {
     async fn submit(&self, request: Request<SubmitRequest>) -> Result<Response<SubmitResponse>, Status> {
         let req = request.into_inner();
-        let source = if req.source_name.is_empty() { "spec".to_string() } else { req.source_name };
+        let source: String = req.source_name.chars().filter(|c| !c.is_control()).take(256).collect();
+        let source = if source.is_empty() { "spec".to_string() } else { source };
         let outcome = self.handle.call(move |core| core.submit(&req.spec_yaml, &source, req.extend)).await?;
         Ok(Response::new(SubmitResponse {
             sweep_id: outcome.sweep_id.0,

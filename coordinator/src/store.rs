@@ -115,7 +115,8 @@ CREATE TABLE IF NOT EXISTS metric_staging (
     step         INTEGER NOT NULL,
     wall_time_us INTEGER NOT NULL,
     name         TEXT NOT NULL,
-    value        REAL NOT NULL,
+    -- NULL stands for NaN: SQLite stores NaN as NULL
+    value        REAL,
     staged_ms    INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS staging_by_sweep ON metric_staging(sweep_id, id);
@@ -535,10 +536,9 @@ pub fn cancel_sweep(conn: &Connection, sweep_id: &SweepId, now_ms: i64) -> Resul
 
 /// Whether any trial of the sweep is still pending or running (an index probe, not a count).
 pub fn has_unfinished(conn: &Connection, sweep_id: &SweepId) -> Result<bool> {
-    let found: i64 = conn.prepare_cached(
-        "SELECT EXISTS(SELECT 1 FROM trials WHERE sweep_id = ?1 AND status IN ('pending', 'running'))",
-    )?
-    .query_row([sweep_id.as_str()], |r| r.get(0))?;
+    let found: i64 = conn
+        .prepare_cached("SELECT EXISTS(SELECT 1 FROM trials WHERE sweep_id = ?1 AND status IN ('pending', 'running'))")?
+        .query_row([sweep_id.as_str()], |r| r.get(0))?;
     Ok(found == 1)
 }
 
@@ -615,7 +615,7 @@ pub fn staged_points(conn: &Connection, sweep_id: &SweepId, after_id: i64, limit
                 step: r.get::<_, i64>(3)? as u64,
                 wall_time_us: r.get(4)?,
                 name: r.get(5)?,
-                value: r.get(6)?,
+                value: r.get::<_, Option<f64>>(6)?.unwrap_or(f64::NAN),
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;

@@ -172,13 +172,34 @@ pub struct SpecErrors {
     pub errors: Vec<SpecError>,
 }
 
+/// Errors shown in full; the rest are counted. Keeps a message (which travels in a gRPC header)
+/// readable and small.
+const MAX_ERRORS_SHOWN: usize = 30;
+/// Longest message part (a source name, a quoted value) shown.
+const MAX_TEXT_SHOWN: usize = 200;
+
+fn shorten(text: &str) -> String {
+    if text.len() <= MAX_TEXT_SHOWN {
+        return text.to_string();
+    }
+    let mut end = MAX_TEXT_SHOWN;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &text[..end], text.len())
+}
+
 impl fmt::Display for SpecErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (index, error) in self.errors.iter().enumerate() {
+        let source = shorten(&self.source);
+        for (index, error) in self.errors.iter().take(MAX_ERRORS_SHOWN).enumerate() {
             if index > 0 {
                 writeln!(f)?;
             }
-            write!(f, "{} {error}", self.source)?;
+            write!(f, "{source} {}", shorten(&error.to_string()))?;
+        }
+        if self.errors.len() > MAX_ERRORS_SHOWN {
+            write!(f, "\n... and {} more errors", self.errors.len() - MAX_ERRORS_SHOWN)?;
         }
         Ok(())
     }
@@ -1063,9 +1084,23 @@ mod yaml {
     /// Parses `text` into the tree of its only document. An empty text is a null scalar.
     pub(super) fn parse(text: &str) -> Result<Node, Vec<SpecError>> {
         let mut builder = TreeBuilder::default();
-        if let Err(error) = Parser::new_from_str(text).load(&mut builder, true) {
-            let message = format!("YAML syntax error: {}", error.info());
-            return Err(vec![SpecError { line: error.marker().line(), path: String::new(), message }]);
+        // Pull events one by one: `Parser::load` recurses once per nesting level, and a hostile
+        // spec nests thousands deep.
+        let mut parser = Parser::new_from_str(text);
+        loop {
+            match parser.next_token() {
+                Ok((event, mark)) => {
+                    let end = event == Event::StreamEnd;
+                    builder.on_event(event, mark);
+                    if end {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    let message = format!("YAML syntax error: {}", error.info());
+                    return Err(vec![SpecError { line: error.marker().line(), path: String::new(), message }]);
+                }
+            }
         }
         if builder.documents > 1 {
             builder.errors.push(SpecError {
@@ -1082,16 +1117,37 @@ mod yaml {
             .unwrap_or(Node { line: 1, kind: NodeKind::Scalar { value: Scalar::Null, text: String::new() } }))
     }
 
+    /// Deepest nesting a spec may use. A real spec nests four levels; the cap keeps a hostile one
+    /// (thousands of `- - - -`) from exhausting the stack while the tree is built or dropped.
+    const MAX_DEPTH: usize = 32;
+    /// Most nodes a spec may expand to, alias copies included (an alias "bomb" of a few hundred
+    /// bytes would otherwise expand to billions).
+    const MAX_NODES: usize = 100_000;
+
     /// Receives parser events and assembles nodes on a stack of open collections.
     #[derive(Default)]
     struct TreeBuilder {
         stack: Vec<Open>,
-        /// Anchored nodes by anchor id, so that aliases can copy them.
-        anchors: HashMap<usize, Node>,
+        /// Anchored nodes by anchor id with their node counts, so that aliases can copy them.
+        anchors: HashMap<usize, (Node, usize)>,
         root: Option<Node>,
         documents: usize,
         second_document_line: usize,
         errors: Vec<SpecError>,
+        /// Nodes built so far, alias copies counted in full.
+        nodes: usize,
+        /// Collections opened below the depth cap, being skipped.
+        skipping: usize,
+        /// Set once the node cap is hit: every later event is ignored.
+        aborted: bool,
+    }
+
+    fn count_nodes(node: &Node) -> usize {
+        1 + match &node.kind {
+            NodeKind::Scalar { .. } => 0,
+            NodeKind::Seq(items) => items.iter().map(count_nodes).sum(),
+            NodeKind::Map(entries) => entries.iter().map(|e| count_nodes(&e.value)).sum(),
+        }
     }
 
     enum Open {
@@ -1106,7 +1162,8 @@ mod yaml {
 
         fn push(&mut self, node: Node, anchor: usize) {
             if anchor > 0 {
-                self.anchors.insert(anchor, node.clone());
+                let size = count_nodes(&node);
+                self.anchors.insert(anchor, (node.clone(), size));
             }
             match self.stack.last_mut() {
                 None => {
@@ -1132,6 +1189,42 @@ mod yaml {
     impl MarkedEventReceiver for TreeBuilder {
         fn on_event(&mut self, event: Event, mark: Marker) {
             let line = mark.line();
+            if self.aborted {
+                return;
+            }
+            if self.skipping > 0 {
+                match event {
+                    Event::SequenceStart(..) | Event::MappingStart(..) => self.skipping += 1,
+                    Event::SequenceEnd | Event::MappingEnd => {
+                        self.skipping -= 1;
+                        if self.skipping == 0 {
+                            self.push(
+                                Node { line, kind: NodeKind::Scalar { value: Scalar::Null, text: String::new() } },
+                                0,
+                            );
+                        }
+                    }
+                    _ => {}
+                }
+                return;
+            }
+            let opens = matches!(event, Event::SequenceStart(..) | Event::MappingStart(..));
+            if opens && self.stack.len() >= MAX_DEPTH {
+                self.error(line, format!("nesting deeper than {MAX_DEPTH} levels"));
+                self.skipping = 1;
+                return;
+            }
+            let added = match &event {
+                Event::Alias(anchor) => self.anchors.get(anchor).map_or(1, |(_, size)| *size),
+                Event::Scalar(..) | Event::SequenceStart(..) | Event::MappingStart(..) => 1,
+                _ => 0,
+            };
+            self.nodes += added;
+            if self.nodes > MAX_NODES {
+                self.error(line, format!("the spec expands to more than {MAX_NODES} nodes (aliases count in full)"));
+                self.aborted = true;
+                return;
+            }
             match event {
                 Event::DocumentStart => {
                     self.documents += 1;
@@ -1159,7 +1252,7 @@ mod yaml {
                     }
                     None => {}
                 },
-                Event::Alias(anchor) => match self.anchors.get(&anchor).cloned() {
+                Event::Alias(anchor) => match self.anchors.get(&anchor).map(|(node, _)| node.clone()) {
                     Some(node) => self.push(Node { line, ..node }, 0),
                     None => {
                         self.error(line, "alias of an unknown anchor".to_string());
@@ -1490,6 +1583,32 @@ name: toy-sweep
     #[test]
     fn yaml_syntax_error_names_its_line() {
         assert_error(parse("name: toy-sweep\njob:\n  kind: [toy\nmethod: grid\n"), 4, "", "YAML syntax error");
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_without_exhausting_the_stack() {
+        let deep = format!("name: deep\nlist:\n{}x\n", "- ".repeat(20_000));
+        let err = parse(&deep).unwrap_err().to_string();
+        assert!(err.contains("nesting deeper than 32 levels"), "{err}");
+    }
+
+    #[test]
+    fn alias_bombs_are_refused() {
+        let mut bomb = String::from("name: bomb\nlols:\n  - &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        for level in 1..9 {
+            let refs = vec![format!("*l{}", level - 1); 10].join(", ");
+            bomb.push_str(&format!("  - &l{level} [{refs}]\n"));
+        }
+        let err = parse(&bomb).unwrap_err().to_string();
+        assert!(err.contains("more than 100000 nodes"), "{err}");
+    }
+
+    #[test]
+    fn error_lists_are_capped() {
+        let many: String = (0..100).map(|i| format!("key{i}: {i}\n")).collect();
+        let err = parse(&format!("{GRID_HEAD}{many}")).unwrap_err().to_string();
+        assert!(err.contains("more errors"), "{err}");
+        assert!(err.lines().count() <= 31, "{} lines", err.lines().count());
     }
 
     #[test]
