@@ -894,6 +894,7 @@ async fn hostile_id_everywhere(
         epoch: u64::MAX,
         batches: u64::MAX,
         wall_seconds: f64::NAN,
+        points: Vec::new(),
     });
     tally.record(&format!("complete trial {short:?}"), bounded(CALL_LIMIT, complete).await, allowed);
     let fail =
@@ -1137,6 +1138,7 @@ async fn hostile_metric_reports(
         epoch,
         batches,
         wall_seconds,
+        points: Vec::new(),
     };
     for (case, request, allowed) in [
         ("batches u64::MAX", complete(epoch, u64::MAX, 1.0), FP),

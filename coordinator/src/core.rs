@@ -33,8 +33,9 @@ use crate::store::{
     self, CheckpointRow, NewPoint, NewTrial, StatusCounts, Store, SweepRow, TrialRow, TrialStatus, WorkerRow,
 };
 
-/// How many pending trials the scheduler looks at per acquire.
-const CANDIDATES_PER_ACQUIRE: usize = 1024;
+/// How many pending trials the scheduler looks at per lease asked for (at least 64): enough for
+/// sweeps to take turns, few enough that an acquire stays cheap.
+const CANDIDATES_PER_LEASE: usize = 8;
 
 /// A registered worker, as the scheduler needs it.
 #[derive(Debug, Clone)]
@@ -467,7 +468,7 @@ impl Core {
         if max == 0 {
             return Ok(Vec::new());
         }
-        let pending = store::pending_trials(self.store.conn(), CANDIDATES_PER_ACQUIRE)?;
+        let pending = store::pending_trials(self.store.conn(), (max * CANDIDATES_PER_LEASE).max(64))?;
         let chosen = trials_to_assign(&pending, &WorkerCapacity { job_kinds: &worker.job_kinds, free_slots: max });
         let now = now_ms();
         store::touch_worker(self.store.conn(), worker_id, now)?;
@@ -562,8 +563,17 @@ impl Core {
         Ok(BatchOutcome::Stored)
     }
 
-    /// Completes a trial once every metric batch of its attempt is stored.
-    pub fn complete(&mut self, trial_id: &TrialId, epoch: LeaseEpoch, batches: u64, wall_seconds: f64) -> Result<()> {
+    /// Completes a trial once every metric batch of its attempt is stored; `tail` holds points
+    /// sent with the completion instead of in a batch, stored in the same transaction.
+    pub fn complete(
+        &mut self,
+        trial_id: &TrialId,
+        epoch: LeaseEpoch,
+        batches: u64,
+        wall_seconds: f64,
+        tail: Vec<IncomingPoint>,
+    ) -> Result<()> {
+        validate_points(&tail)?;
         let trial = self.fenced_trial(trial_id, epoch)?;
         if batches != trial.batch_seq {
             return Err(CoordinatorError::FailedPrecondition(format!(
@@ -572,13 +582,25 @@ impl Core {
             )));
         }
         let metric = self.metric_of(&trial.sweep_id)?;
-        let objective = trial
-            .obj_state
-            .as_deref()
-            .and_then(|s| serde_json::from_str::<ObjectiveState>(s).ok())
-            .and_then(|s| s.value(&metric.summary));
+        let mut state: ObjectiveState =
+            trial.obj_state.as_deref().and_then(|s| serde_json::from_str(s).ok()).unwrap_or_default();
+        for p in tail.iter().filter(|p| p.name == metric.name) {
+            state.observe(p.step, p.value, metric.goal, &metric.summary);
+        }
+        let objective = state.value(&metric.summary);
         let wall = wall_seconds.is_finite().then_some(wall_seconds);
-        store::finish(self.store.conn(), trial_id, TrialStatus::Completed, objective, wall, None, now_ms())?;
+        let now = now_ms();
+        self.store.transaction(|tx| {
+            if !tail.is_empty() {
+                let points: Vec<NewPoint<'_>> = tail
+                    .iter()
+                    .map(|p| NewPoint { step: p.step, wall_time_us: p.wall_time_us, name: &p.name, value: p.value })
+                    .collect();
+                let state_json = serde_json::to_string(&state).ok();
+                store::stage_batch(tx, &trial, trial.batch_seq, &points, state_json.as_deref(), now)?;
+            }
+            store::finish(tx, trial_id, TrialStatus::Completed, objective, wall, None, now)
+        })?;
         self.trial_ended(trial_id, &trial.sweep_id)
     }
 
@@ -797,14 +819,18 @@ fn validate_batch(batch: &IncomingBatch) -> Result<()> {
     if batch.seq == 0 {
         return Err(CoordinatorError::InvalidRequest("metric batch seq starts at 1".into()));
     }
-    if batch.points.len() > limits::MAX_POINTS_PER_BATCH {
+    validate_points(&batch.points)
+}
+
+fn validate_points(points: &[IncomingPoint]) -> Result<()> {
+    if points.len() > limits::MAX_POINTS_PER_BATCH {
         return Err(CoordinatorError::InvalidRequest(format!(
             "metric batch has {} points; the limit is {}",
-            batch.points.len(),
+            points.len(),
             limits::MAX_POINTS_PER_BATCH
         )));
     }
-    for p in &batch.points {
+    for p in points {
         if p.name.is_empty() || p.name.len() > limits::MAX_METRIC_NAME {
             return Err(CoordinatorError::InvalidRequest(format!(
                 "metric name must be 1..={} bytes, got {}",

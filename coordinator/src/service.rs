@@ -220,8 +220,9 @@ impl WorkerService for Service {
         let req = request.into_inner();
         id_field(&req.trial_id, "trial_id")?;
         let trial_id = TrialId(req.trial_id);
+        let tail = incoming_points(req.points);
         self.handle
-            .call(move |core| core.complete(&trial_id, LeaseEpoch(req.epoch), req.batches, req.wall_seconds))
+            .call(move |core| core.complete(&trial_id, LeaseEpoch(req.epoch), req.batches, req.wall_seconds, tail))
             .await?;
         Ok(Response::new(CompleteResponse {}))
     }
@@ -405,6 +406,13 @@ impl WorkerService for Service {
     }
 }
 
+fn incoming_points(points: Vec<proto::MetricPoint>) -> Vec<IncomingPoint> {
+    points
+        .into_iter()
+        .map(|p| IncomingPoint { step: p.step, name: p.name, value: p.value, wall_time_us: p.wall_time_us })
+        .collect()
+}
+
 async fn store_batch(handle: &CoordinatorHandle, batch: MetricBatch) -> MetricAck {
     let trial_id = batch.trial_id.clone();
     let seq = batch.seq;
@@ -423,11 +431,7 @@ async fn store_batch(handle: &CoordinatorHandle, batch: MetricBatch) -> MetricAc
         epoch: LeaseEpoch(batch.epoch),
         attempt: batch.attempt,
         seq: batch.seq,
-        points: batch
-            .points
-            .into_iter()
-            .map(|p| IncomingPoint { step: p.step, name: p.name, value: p.value, wall_time_us: p.wall_time_us })
-            .collect(),
+        points: incoming_points(batch.points),
     };
     match handle.call(move |core| core.append_metrics(incoming)).await {
         Ok(BatchOutcome::Stored) | Ok(BatchOutcome::Duplicate) => {

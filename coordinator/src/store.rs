@@ -107,8 +107,10 @@ CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
+-- AUTOINCREMENT: ids are never reused, even after every staged row was moved to a part; part
+-- file names carry id ranges, so a reused id would overwrite a part or be taken for written.
 CREATE TABLE IF NOT EXISTS metric_staging (
-    id           INTEGER PRIMARY KEY,
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
     sweep_id     TEXT NOT NULL,
     trial_id     TEXT NOT NULL,
     attempt      INTEGER NOT NULL,
@@ -963,6 +965,25 @@ mod tests {
             )
             .unwrap();
         }
+    }
+
+    #[test]
+    fn staging_ids_are_never_reused_after_a_part_takes_them_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sweep.db");
+        let mut store = Store::open(&path).unwrap();
+        add_sweep(store.conn(), "s", 1);
+        let sweep_id = SweepId::from("s");
+        let row = trial(store.conn(), &TrialId::from("s-0")).unwrap().unwrap();
+        let points = [NewPoint { step: 1, wall_time_us: 0, name: "loss", value: 1.0 }];
+        store.transaction(|tx| stage_batch(tx, &row, 1, &points, None, 0)).unwrap();
+        let first = staged_points(store.conn(), &sweep_id, 0, 10).unwrap()[0].id;
+        commit_part(store.conn(), &sweep_id, "part-a", first, first, 1, 0).unwrap();
+        drop(store);
+        let mut store = Store::open(&path).unwrap();
+        store.transaction(|tx| stage_batch(tx, &row, 2, &points, None, 0)).unwrap();
+        let next = staged_points(store.conn(), &sweep_id, 0, 10).unwrap()[0].id;
+        assert!(next > first, "staging id {next} reused after {first}");
     }
 
     #[test]

@@ -27,6 +27,7 @@ use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
 use serde_json::{json, Value};
 use sweep_coordinator::core::{Core, IncomingBatch, IncomingPoint};
 use sweep_coordinator::CoordinatorConfig;
+use sweep_shared::auth::ConnectOptions;
 use sweep_shared::params::{EpsilonSchedule, JobCatalog, JobSchema, ParamValue, Params};
 use sweep_shared::proto::{ExportRequest, StatusRequest, SubmitRequest, SweepStatus};
 use sweep_worker::jobs::{CancelFlag, JobContext, MetricSink, NoCheckpoints};
@@ -150,8 +151,52 @@ pub struct CompareArgs {
     /// Trials each of our workers runs at once.
     #[arg(long, default_value_t = 4)]
     pub slots: u32,
+    /// Which Optuna SQLite setup to run: Optuna's default (a rollback journal synced to disk at
+    /// every commit), WAL with synchronous=NORMAL (the durability of our store), or both.
+    #[arg(long, value_enum, default_value_t = OptunaSqlite::Both)]
+    pub optuna_sqlite: OptunaSqlite,
     #[command(flatten)]
     pub workspace: WorkspaceArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OptunaSqlite {
+    Default,
+    Wal,
+    Both,
+}
+
+impl OptunaSqlite {
+    fn journals(self) -> Vec<OptunaJournal> {
+        match self {
+            OptunaSqlite::Default => vec![OptunaJournal::Default],
+            OptunaSqlite::Wal => vec![OptunaJournal::Wal],
+            OptunaSqlite::Both => vec![OptunaJournal::Default, OptunaJournal::Wal],
+        }
+    }
+}
+
+/// One Optuna SQLite setup that `compare` runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OptunaJournal {
+    Default,
+    Wal,
+}
+
+impl OptunaJournal {
+    fn name(self) -> &'static str {
+        match self {
+            OptunaJournal::Default => "default",
+            OptunaJournal::Wal => "wal",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            OptunaJournal::Default => "default (syncs each commit)",
+            OptunaJournal::Wal => "WAL, synchronous=NORMAL (as ours)",
+        }
+    }
 }
 
 pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
@@ -193,6 +238,9 @@ impl Measurement {
     }
 }
 
+/// How many times the Python reference's rate ours should reach.
+const TARGET_RATIO: f64 = 100.0;
+
 /// Ours against the Python reference, for one rate.
 #[derive(Debug, Clone)]
 struct Comparison {
@@ -232,13 +280,15 @@ impl Report {
                 ]);
             }
         } else {
-            t.set_header(vec!["comparison", "ours", "python", "ours / python"]);
+            let goal = format!("goal {TARGET_RATIO:.0}x");
+            t.set_header(vec!["comparison", "ours", "python", "ours / python", goal.as_str()]);
             for c in &self.comparisons {
                 t.add_row(vec![
                     Cell::new(&c.name),
                     Cell::new(format!("{} {}/s", rate(c.ours), c.unit)).set_alignment(CellAlignment::Right),
                     Cell::new(format!("{} {}/s", rate(c.python), c.unit)).set_alignment(CellAlignment::Right),
                     Cell::new(format!("{:.1}x", c.ratio())).set_alignment(CellAlignment::Right),
+                    Cell::new(if c.ratio() >= TARGET_RATIO { "met" } else { "short" }),
                 ]);
             }
         }
@@ -354,7 +404,7 @@ async fn trials(args: &TrialsArgs) -> anyhow::Result<Report> {
             args.trials,
             core.seconds,
         ));
-        report.notes.push(core.phases.describe(args.trials));
+        report.notes.push(core.describe());
     }
     Ok(report)
 }
@@ -363,8 +413,7 @@ async fn trials(args: &TrialsArgs) -> anyhow::Result<Report> {
 async fn grpc_trials(workspace: &Workspace, trials: u64, workers: u32, slots: u32) -> anyhow::Result<Measurement> {
     let cluster = LocalCluster::start(workspace, workers, slots).await?;
     let outcome = async {
-        let mut client =
-            connect(&sweep_shared::auth::ConnectOptions { url: cluster.url.clone(), ..Default::default() }).await?;
+        let mut client = cluster.connect().await?;
         cluster.warm_up(&mut client).await?;
         let run = cluster.run_sweep(&mut client, &trials_spec("bench-trials", trials), false).await?;
         if run.status.completed != trials || run.status.failed > 0 {
@@ -405,7 +454,7 @@ async fn metrics(args: &MetricsArgs) -> anyhow::Result<Report> {
     let outcome = async {
         let cluster = LocalCluster::start(&workspace, args.workers, args.slots).await?;
         let grpc = async {
-            let mut client = connect(&sweep_shared::auth::ConnectOptions { url: cluster.url.clone(), ..Default::default() }).await?;
+            let mut client = cluster.connect().await?;
             cluster.warm_up(&mut client).await?;
             let spec = metrics_spec("bench-metrics", args.trials, steps);
             let run = cluster.run_sweep(&mut client, &spec, true).await?;
@@ -456,7 +505,7 @@ async fn metrics(args: &MetricsArgs) -> anyhow::Result<Report> {
             points,
             core.seconds,
         ));
-        report.notes.push(core.phases.describe(args.trials));
+        report.notes.push(core.describe());
     }
     Ok(report)
 }
@@ -469,6 +518,8 @@ const WORKER_BATCH_POINTS: usize = 1024;
 struct CoreRun {
     seconds: f64,
     completed: u64,
+    /// Metric batches appended.
+    batches: u64,
     metric_rows: u64,
     /// Time spent in each core call, summed over the run: where a trial's cost goes.
     phases: CorePhases,
@@ -483,18 +534,20 @@ struct CorePhases {
     export: Duration,
 }
 
-impl CorePhases {
-    /// One line: the submit and export totals, and the per-trial mean of the other calls.
-    fn describe(&self, trials: u64) -> String {
-        let per_trial = |d: Duration| d.as_secs_f64() * 1e6 / trials.max(1) as f64;
+impl CoreRun {
+    /// One line: the mean of each call (complete includes the sweep's final Parquet flush, when
+    /// that is due at the last completion), and the submit and export totals.
+    fn describe(&self) -> String {
+        let mean = |total: Duration, calls: u64| total / u32::try_from(calls.max(1)).unwrap_or(u32::MAX);
         format!(
-            "core only, per trial: acquire {:.0} us, append_metrics {:.0} us, complete {:.0} us; \
-             submit {:.3} s, export {:.3} s in all",
-            per_trial(self.acquire),
-            per_trial(self.append_metrics),
-            per_trial(self.complete),
-            self.submit.as_secs_f64(),
-            self.export.as_secs_f64()
+            "core only, mean per call: acquire {:.1?}, append_metrics {:.1?} ({} batches), complete {:.1?}; \
+             in all: submit {:.1?}, export {:.1?}",
+            mean(self.phases.acquire, self.completed),
+            mean(self.phases.append_metrics, self.batches),
+            self.batches,
+            mean(self.phases.complete, self.completed),
+            self.phases.submit,
+            self.phases.export
         )
     }
 }
@@ -512,7 +565,7 @@ async fn core_only(dir: &Path, spec_yaml: &str, steps: u64) -> anyhow::Result<Co
         let mut phases = CorePhases::default();
         let started = Instant::now();
         let sweep_id = timed(&mut phases.submit, || core.submit(&spec_yaml, "bench", false))?.sweep_id;
-        let mut completed = 0;
+        let (mut completed, mut batches) = (0, 0);
         loop {
             let leases = timed(&mut phases.acquire, || core.acquire(&worker, 1))?;
             if leases.is_empty() {
@@ -539,12 +592,19 @@ async fn core_only(dir: &Path, spec_yaml: &str, steps: u64) -> anyhow::Result<Co
                     timed(&mut phases.append_metrics, || core.append_metrics(batch))?;
                     step = batch_end;
                 }
-                timed(&mut phases.complete, || core.complete(&trial.trial_id, trial.epoch, seq, 0.0))?;
+                timed(&mut phases.complete, || core.complete(&trial.trial_id, trial.epoch, seq, 0.0, Vec::new()))?;
                 completed += 1;
+                batches += seq;
             }
         }
         let exported = timed(&mut phases.export, || core.export(&sweep_id))?;
-        Ok(CoreRun { seconds: started.elapsed().as_secs_f64(), completed, metric_rows: exported.metric_rows, phases })
+        Ok(CoreRun {
+            seconds: started.elapsed().as_secs_f64(),
+            completed,
+            batches,
+            metric_rows: exported.metric_rows,
+            phases,
+        })
     })
     .await
     .context("core-only bench thread")?
@@ -728,24 +788,27 @@ async fn compare(args: &CompareArgs) -> anyhow::Result<Report> {
     let workspace = Workspace::create(&args.workspace, "compare")?;
     let outcome = async {
         let ours_trials = grpc_trials(&workspace, args.trials, args.workers, args.slots).await?;
-        let optuna_db = workspace.path.join("optuna.db");
-        let optuna = run_python(
-            &args.python,
-            &args.scripts.join("optuna_trivial.py"),
-            &[
+        let mut optuna_runs = Vec::new();
+        for journal in args.optuna_sqlite.journals() {
+            let db = absolute(&workspace.path.join(format!("optuna-{}.db", journal.name())))?;
+            let mut script_args = vec![
                 "--trials".into(),
                 args.trials.to_string(),
                 "--storage".into(),
-                format!("sqlite:///{}", absolute(&optuna_db)?.display()),
-            ],
-        )
-        .await?;
-        let optuna_completed = json_u64(&optuna, "trials")?;
-        ensure!(optuna_completed == args.trials, "Optuna completed {optuna_completed} of {} trials", args.trials);
-        Ok((ours_trials, optuna))
+                format!("sqlite:///{}", db.display()),
+            ];
+            if journal == OptunaJournal::Wal {
+                script_args.push("--sqlite-wal".into());
+            }
+            let optuna = run_python(&args.python, &args.scripts.join("optuna_trivial.py"), &script_args).await?;
+            let completed = json_u64(&optuna, "trials")?;
+            ensure!(completed == args.trials, "Optuna completed {completed} of {} trials", args.trials);
+            optuna_runs.push((journal, optuna));
+        }
+        Ok((ours_trials, optuna_runs))
     }
     .await;
-    let (ours_trials, optuna) = workspace.finish(outcome)?;
+    let (ours_trials, optuna_runs) = workspace.finish(outcome)?;
 
     let ours_qtable = qtable(&QtableArgs { episodes: args.episodes, seed: 0, min_seconds: 1.0 }).await?;
     let gym = run_python(
@@ -757,16 +820,29 @@ async fn compare(args: &CompareArgs) -> anyhow::Result<Report> {
     let gym_seconds = json_f64(&gym, "seconds")?;
     let gym_steps = json_u64(&gym, "env_steps")?;
 
-    let comparisons = vec![
-        Comparison {
+    let mut comparisons = Vec::new();
+    let mut notes = Vec::new();
+    for (journal, optuna) in &optuna_runs {
+        comparisons.push(Comparison {
             name: format!(
-                "trivial trials: sweep gRPC ({} workers x {} slots) vs Optuna on SQLite (n_jobs=1)",
-                args.workers, args.slots
+                "trivial trials: gRPC, {}x{} slots vs Optuna n_jobs=1, SQLite {}",
+                args.workers,
+                args.slots,
+                journal.describe()
             ),
             unit: "trials",
             ours: ours_trials.per_second(),
-            python: json_f64(&optuna, "trials_per_sec")?,
-        },
+            python: json_f64(optuna, "trials_per_sec")?,
+        });
+        notes.push(format!(
+            "{} trials each; ours {:.3} s from submit to finished, Optuna ({}) {:.3} s in study.optimize",
+            args.trials,
+            ours_trials.seconds,
+            journal.name(),
+            json_f64(optuna, "seconds")?
+        ));
+    }
+    comparisons.extend([
         Comparison {
             name: "Q-table episodes: Rust job vs gymnasium + numpy".into(),
             unit: "episodes",
@@ -779,23 +855,15 @@ async fn compare(args: &CompareArgs) -> anyhow::Result<Report> {
             ours: ours_qtable.env_steps_per_second(),
             python: gym_steps as f64 / gym_seconds,
         },
-    ];
-    let notes = vec![
-        format!(
-            "{} trials each; ours {:.3} s from submit to finished, Optuna {:.3} s in study.optimize",
-            args.trials,
-            ours_trials.seconds,
-            json_f64(&optuna, "seconds")?
-        ),
-        format!(
-            "{} episodes each ({QTABLE_CONFIG_TEXT}); env steps ours {} vs python {gym_steps}; mear of the last window \
+    ]);
+    notes.push(format!(
+        "{} episodes each ({QTABLE_CONFIG_TEXT}); env steps ours {} vs python {gym_steps}; mear of the last window \
              ours {} vs python {:.1}",
-            args.episodes,
-            ours_qtable.env_steps_per_run,
-            ours_qtable.mear_last_window.map_or("-".into(), |m| format!("{m:.1}")),
-            json_f64(&gym, "mear_last_window")?
-        ),
-    ];
+        args.episodes,
+        ours_qtable.env_steps_per_run,
+        ours_qtable.mear_last_window.map_or("-".into(), |m| format!("{m:.1}")),
+        json_f64(&gym, "mear_last_window")?
+    ));
     Ok(Report { bench: "compare", measurements: Vec::new(), comparisons, notes })
 }
 
@@ -920,6 +988,11 @@ impl LocalCluster {
             server,
             slots_total: u64::from(workers) * u64::from(slots),
         })
+    }
+
+    /// A client of the embedded coordinator (no token, no TLS: it listens on loopback only).
+    async fn connect(&self) -> anyhow::Result<SweepClient> {
+        connect(&ConnectOptions { url: self.url.clone(), ..ConnectOptions::default() }).await
     }
 
     /// Runs a small sweep to its end: the workers are up, registered and connected afterwards.

@@ -72,10 +72,22 @@ async fn fetch(
     info: &CheckpointInfo,
 ) -> Result<std::result::Result<Checkpoint, String>> {
     let request = FetchCheckpointRequest { trial_id: lease.trial_id.clone(), epoch: lease.epoch, step: info.step };
-    let mut stream = client.fetch_checkpoint(request).await?.into_inner();
-    let mut bytes = Vec::with_capacity(info.bytes as usize);
+    // The coordinator lost or cannot read the file: as bad as a corrupt one, so fall back. A stale
+    // lease or an unreachable coordinator are errors of their own.
+    let unreadable = |status: tonic::Status| match status.code() {
+        tonic::Code::NotFound | tonic::Code::Internal | tonic::Code::DataLoss => Ok(Err(status.message().to_string())),
+        _ => Err(WorkerError::from(status)),
+    };
+    let mut stream = match client.fetch_checkpoint(request).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => return unreadable(status),
+    };
+    let mut bytes = Vec::with_capacity(info.bytes.min(1 << 30) as usize);
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk?;
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(status) => return unreadable(status),
+        };
         if bytes.len() as u64 + chunk.data.len() as u64 > info.bytes {
             return Ok(Err(format!("longer than the recorded {} bytes", info.bytes)));
         }

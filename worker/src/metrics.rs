@@ -86,14 +86,24 @@ async fn open_stream(client: &mut Client) -> Result<(Outbox, Streaming<MetricAck
     Ok((outbox, acks))
 }
 
-/// Streams every point from `points` until the channel closes and all batches are stored;
-/// returns the number of batches sent (what `CompleteTrial` reports).
+/// How a trial's metric stream ended.
+#[derive(Debug, Default)]
+pub struct StreamEnd {
+    /// Batches stored (what `CompleteTrial` reports).
+    pub batches: u64,
+    /// Points of a trial so short that no batch was ever due: they go with `CompleteTrial`
+    /// instead, which saves a stream per tiny trial.
+    pub tail: Vec<MetricPoint>,
+}
+
+/// Streams every point from `items` until the channel closes and all batches are stored. The
+/// stream is opened only when the first batch is due.
 pub async fn stream_trial_metrics(
     mut client: Client,
     settings: StreamSettings,
     mut items: mpsc::Receiver<OutboxItem>,
     stop: CancellationToken,
-) -> Result<u64> {
+) -> Result<StreamEnd> {
     let mut unacked: VecDeque<MetricBatch> = VecDeque::new();
     let mut next_seq = 1u64;
     let mut buffer: Vec<MetricPoint> = Vec::new();
@@ -102,7 +112,7 @@ pub async fn stream_trial_metrics(
     // A checkpoint waiting for the batches before it to be stored.
     let mut checkpoint: Option<(u64, Vec<u8>)> = None;
     let mut backoff = Backoff::new(settings.max_backoff);
-    let (mut outbox, mut acks) = reconnect(&mut client, &mut backoff, &stop).await?;
+    let mut stream: Option<(Outbox, Streaming<MetricAck>)> = None;
 
     loop {
         if buffer.is_empty() && unacked.is_empty() {
@@ -111,7 +121,7 @@ pub async fn stream_trial_metrics(
                 continue;
             }
             if input_done {
-                return Ok(next_seq - 1);
+                return Ok(StreamEnd { batches: next_seq - 1, tail: Vec::new() });
             }
         }
         let flush_due = oldest.map(|t| t + settings.batch_interval);
@@ -133,15 +143,17 @@ pub async fn stream_trial_metrics(
                 }
             },
             _ = sleep_until_opt(flush_due) => flush = true,
-            ack = acks.message() => match ack {
+            ack = next_ack(&mut stream) => match ack {
                 Ok(Some(ack)) => {
                     backoff.reset();
                     match metric_ack::Status::try_from(ack.status).unwrap_or(metric_ack::Status::Unspecified) {
                         metric_ack::Status::Stored => unacked.retain(|b| b.seq > ack.seq),
                         metric_ack::Status::Gap => {
                             debug!(trial = %settings.trial_id, expected = ack.expected_seq, "metric gap; resending");
-                            for batch in unacked.iter().filter(|b| b.seq >= ack.expected_seq) {
-                                let _ = outbox.send(batch.clone()).await;
+                            if let Some((outbox, _)) = &stream {
+                                for batch in unacked.iter().filter(|b| b.seq >= ack.expected_seq) {
+                                    let _ = outbox.send(batch.clone()).await;
+                                }
                             }
                         }
                         metric_ack::Status::StaleEpoch => return Err(WorkerError::StaleLease(settings.trial_id.to_string())),
@@ -152,15 +164,19 @@ pub async fn stream_trial_metrics(
                 }
                 Ok(None) | Err(_) => {
                     warn!(trial = %settings.trial_id, unacked = unacked.len(), "metric stream broke; reconnecting");
-                    (outbox, acks) = reconnect(&mut client, &mut backoff, &stop).await?;
+                    let (outbox, acks) = reconnect(&mut client, &mut backoff, &stop).await?;
                     for batch in &unacked {
                         let _ = outbox.send(batch.clone()).await;
                     }
+                    stream = Some((outbox, acks));
                 }
             },
             _ = stop.cancelled() => return Err(WorkerError::Stopped),
         }
         if flush && !buffer.is_empty() {
+            if stream.is_none() && input_done && next_seq == 1 {
+                return Ok(StreamEnd { batches: 0, tail: std::mem::take(&mut buffer) });
+            }
             let batch = MetricBatch {
                 trial_id: settings.trial_id.to_string(),
                 epoch: settings.epoch.0,
@@ -170,10 +186,25 @@ pub async fn stream_trial_metrics(
             };
             next_seq += 1;
             oldest = None;
-            // A failed send shows up as a broken ack stream, which resends `unacked`.
-            let _ = outbox.send(batch.clone()).await;
+            if stream.is_none() {
+                stream = Some(reconnect(&mut client, &mut backoff, &stop).await?);
+            }
+            if let Some((outbox, _)) = &stream {
+                // A failed send shows up as a broken ack stream, which resends `unacked`.
+                let _ = outbox.send(batch.clone()).await;
+            }
             unacked.push_back(batch);
         }
+    }
+}
+
+/// The next ack of an open stream; never resolves while no stream is open.
+async fn next_ack(
+    stream: &mut Option<(Outbox, Streaming<MetricAck>)>,
+) -> std::result::Result<Option<MetricAck>, tonic::Status> {
+    match stream {
+        Some((_, acks)) => acks.message().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -17,7 +17,7 @@ use crate::client::{Backoff, Client};
 use crate::config::WorkerConfig;
 use crate::error::WorkerError;
 use crate::jobs::{CancelFlag, JobContext, JobError, JobRegistry};
-use crate::metrics::{stream_trial_metrics, ChannelSink, StreamSettings};
+use crate::metrics::{stream_trial_metrics, ChannelSink, StreamEnd, StreamSettings};
 
 /// Points buffered between a job thread and its metric stream.
 const POINT_CHANNEL_CAPACITY: usize = 8192;
@@ -60,8 +60,9 @@ pub async fn run_trial(
 
     let outcome = execute(client.clone(), registry, &config, &lease, &control, stop.clone()).await;
     let end = match outcome {
-        Ok(batches) => {
+        Ok(StreamEnd { batches, tail }) => {
             let req = CompleteRequest {
+                points: tail,
                 trial_id: trial_id.to_string(),
                 epoch: epoch.0,
                 batches,
@@ -111,7 +112,7 @@ enum Outcome {
     Failed { error: String, permanent: bool },
 }
 
-/// Runs the job and streams its metrics; returns the number of metric batches stored.
+/// Runs the job and streams its metrics; returns how the metric stream ended.
 async fn execute(
     client: Client,
     registry: Arc<JobRegistry>,
@@ -119,7 +120,7 @@ async fn execute(
     lease: &TrialLease,
     control: &TrialControl,
     stop: CancellationToken,
-) -> Result<u64, Outcome> {
+) -> Result<StreamEnd, Outcome> {
     let params: Params = serde_json::from_str(&lease.params_json)
         .map_err(|e| Outcome::Failed { error: format!("params do not parse: {e}"), permanent: true })?;
     let Some(factory) = registry.factory(&lease.job_kind) else {
@@ -188,7 +189,7 @@ async fn execute(
         }
     }
     match streamer.await {
-        Ok(Ok(batches)) => Ok(batches),
+        Ok(Ok(end)) => Ok(end),
         Ok(Err(WorkerError::StaleLease(_))) => Err(Outcome::Revoked),
         Ok(Err(WorkerError::Stopped)) => Err(if revoked() { Outcome::Revoked } else { Outcome::HandBack }),
         Ok(Err(err)) => Err(Outcome::Failed { error: err.to_string(), permanent: false }),
