@@ -201,7 +201,7 @@ seeds: 2
                 break;
             }
             polls += 1;
-            if polls % 50 == 0 {
+            if polls.is_multiple_of(50) {
                 let s = status(&mut client, "cartpole-killed").await;
                 assert!(!s.finished, "every trial finished before a kill caught one after a checkpoint: {s:?}");
             }

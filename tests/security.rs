@@ -90,10 +90,12 @@ async fn calls_without_the_right_token_are_unauthenticated() {
             &format!("submit with {wrong:?}"),
         );
     }
-    // The token is a bearer token: the bare secret, or another scheme, is refused too.
-    let mut request = tonic::Request::new(status_request());
-    request.metadata_mut().insert("authorization", TOKEN.parse().unwrap());
-    assert_unauthenticated(bare.status(request).await, "the token without 'Bearer '");
+    // The token is a bearer token: the bare secret, or under another scheme, is refused too.
+    for header in [TOKEN.to_string(), format!("Basic {TOKEN}")] {
+        let mut request = tonic::Request::new(status_request());
+        request.metadata_mut().insert("authorization", header.parse().unwrap());
+        assert_unauthenticated(bare.status(request).await, &format!("authorization: {header}"));
+    }
 
     // The worker side is guarded as well: no trial leaves without the token.
     let mut bare_worker = WorkerServiceClient::connect(url.clone()).await.expect("connect");
@@ -131,8 +133,8 @@ async fn calls_without_the_right_token_are_unauthenticated() {
     assert_eq!((raw.total, raw.completed), (2, 0), "{raw:?}");
 
     // A worker without the token, or with a wrong one, gives up with an error naming the token.
-    for (name, env) in [("tokenless", vec![]), ("wrong-token", vec![("SWEEP_TOKEN", "nope")])] {
-        let mut worker = Worker::start_with_env(&url, dir.path(), name, &[], &env);
+    for (name, env) in [("tokenless", ("SWEEP_TOKEN", "")), ("wrong-token", ("SWEEP_TOKEN", "nope"))] {
+        let mut worker = Worker::start_with_env(&url, dir.path(), name, &[], &[env]);
         let exit = wait_exit(&mut worker).await;
         let log = worker.plain_log();
         assert!(!exit.success(), "{name}: the worker ran without the right token:\n{log}");

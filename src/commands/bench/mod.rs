@@ -8,6 +8,8 @@
 //!   from submit until the sweep is finished and exported; the core-alone row again beside it.
 //! - `qtable`: `cartpole-qtable` episodes (and CartPole steps) per second on one core, the job run
 //!   in-process with a counting metric sink and no checkpoints.
+//! - `checkpoints`: checkpoint upload/fetch throughput and dead-worker failover time
+//!   ([`checkpoints`]).
 //! - `compare`: `trials` against Optuna on SQLite and `qtable` against gymnasium + numpy, through
 //!   the scripts in `bench/python/` (set up by `bench/setup-python.sh`), with the ratios.
 //!
@@ -36,6 +38,8 @@ use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 use tokio::sync::Notify;
 
+mod checkpoints;
+
 use super::client::{connect, refused, SweepClient};
 use crate::signals;
 
@@ -58,6 +62,8 @@ pub enum BenchCommand {
     Qtable(QtableArgs),
     /// `trials` against Optuna and `qtable` against gymnasium + numpy, with the ratios.
     Compare(CompareArgs),
+    /// Checkpoint upload and fetch throughput, and the time for a dead worker's trial to move on.
+    Checkpoints(checkpoints::CheckpointsArgs),
 }
 
 /// Where a gRPC bench keeps its coordinator state, output and worker logs.
@@ -205,6 +211,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Metrics(bench) => metrics(&bench).await?,
         BenchCommand::Qtable(bench) => qtable(&bench).await?.report(),
         BenchCommand::Compare(bench) => compare(&bench).await?,
+        BenchCommand::Checkpoints(bench) => checkpoints::checkpoints(&bench).await?,
     };
     if args.json {
         println!("{}", report.json());
