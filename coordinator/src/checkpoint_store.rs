@@ -72,7 +72,8 @@ impl CheckpointStore for DirCheckpointStore {
     fn local_path(&self, key: &str) -> Result<PathBuf> {
         let path = self.path(key)?;
         if !path.exists() {
-            return Err(CoordinatorError::NotFound(format!("checkpoint file {}", path.display())));
+            // The key, not the path: the message goes to workers, which need not know our disk.
+            return Err(CoordinatorError::NotFound(format!("checkpoint file {key}")));
         }
         Ok(path)
     }

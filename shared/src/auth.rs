@@ -10,7 +10,8 @@ use tonic::service::Interceptor;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 use tonic::{Request, Status};
 
-/// Reads a token from `--token`, or else from a file (trimmed). Empty means none.
+/// Reads a token from `--token`, or else from a file (trimmed). A token given but empty is an
+/// error, never "no token": a coordinator must not fail open because a secret file was empty.
 pub fn load_token(inline: Option<&str>, file: Option<&Path>) -> Result<Option<String>, String> {
     let token = match (inline, file) {
         (Some(t), _) => t.to_string(),
@@ -21,7 +22,7 @@ pub fn load_token(inline: Option<&str>, file: Option<&Path>) -> Result<Option<St
         (None, None) => return Ok(None),
     };
     if token.is_empty() {
-        return Ok(None);
+        return Err("the token is empty (unset SWEEP_TOKEN / --token-file to run without one)".into());
     }
     if !token.bytes().all(|b| b.is_ascii_graphic()) {
         return Err("the token must be printable ASCII without spaces".into());
@@ -124,6 +125,9 @@ mod tests {
         assert_eq!(load_token(Some("x"), Some(&file)).unwrap().as_deref(), Some("x"));
         assert_eq!(load_token(None, None).unwrap(), None);
         assert!(load_token(Some("has space"), None).is_err());
+        assert!(load_token(Some(""), None).unwrap_err().contains("empty"));
+        std::fs::write(&file, "\n").unwrap();
+        assert!(load_token(None, Some(&file)).unwrap_err().contains("empty"));
         assert!(load_token(None, Some(&dir.join("missing"))).unwrap_err().contains("reading token file"));
         let _ = std::fs::remove_dir_all(dir);
     }
