@@ -201,7 +201,7 @@ async fn watch(
     std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
     let mut workers = Vec::new();
     for i in 0..local.workers {
-        workers.push(spawn_worker(options, i, local.slots, &local.store.state_dir, &log_dir)?);
+        workers.push(spawn_worker(options, i, local.slots, &local.store.state_dir, &log_dir, "info")?);
     }
 
     let interrupted = signals::on_terminate()?;
@@ -253,12 +253,15 @@ async fn watch(
     Ok(())
 }
 
-fn spawn_worker(
+/// Starts `sweep worker` number `index` against `options`, logging to `log_dir/worker-<index>.log`
+/// at `log_level` (unless SWEEP_LOG says otherwise). Also used by `sweep bench`.
+pub(crate) fn spawn_worker(
     options: &ConnectOptions,
     index: u32,
     slots: u32,
     state_dir: &std::path::Path,
     log_dir: &std::path::Path,
+    log_level: &str,
 ) -> anyhow::Result<Child> {
     let exe = std::env::current_exe().context("locating the sweep binary")?;
     let log_path = log_dir.join(format!("worker-{index}.log"));
@@ -278,6 +281,7 @@ fn spawn_worker(
         .arg(state_dir.join(format!("worker-{index}")))
         .arg("--connect-timeout")
         .arg("30s")
+        .env("SWEEP_LOG", std::env::var("SWEEP_LOG").unwrap_or_else(|_| log_level.to_string()))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

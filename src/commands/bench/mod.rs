@@ -41,6 +41,7 @@ use tokio::sync::Notify;
 mod checkpoints;
 
 use super::client::{connect, refused, SweepClient};
+use super::run::spawn_worker;
 use crate::signals;
 
 #[derive(Args)]
@@ -985,7 +986,9 @@ impl LocalCluster {
         }));
         let mut children = Vec::new();
         for index in 0..workers {
-            children.push(spawn_worker(&url, index, slots, &state_dir, &log_dir)?);
+            // Per-trial info lines would be part of what is timed.
+            let options = ConnectOptions { url: url.clone(), ..ConnectOptions::default() };
+            children.push(spawn_worker(&options, index, slots, &state_dir, &log_dir, "warn")?);
         }
         Ok(LocalCluster {
             url,
@@ -1080,30 +1083,6 @@ impl LocalCluster {
         self.server.await.context("coordinator task")?.context("coordinator")?;
         Ok(())
     }
-}
-
-fn spawn_worker(url: &str, index: u32, slots: u32, state_dir: &Path, log_dir: &Path) -> anyhow::Result<Child> {
-    let exe = std::env::current_exe().context("locating the sweep binary")?;
-    let log_path = log_dir.join(format!("worker-{index}.log"));
-    let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
-    Command::new(exe)
-        .arg("worker")
-        .arg("--coordinator")
-        .arg(url)
-        .arg("--slots")
-        .arg(slots.to_string())
-        .arg("--work-dir")
-        .arg(state_dir.join(format!("worker-{index}")))
-        .arg("--connect-timeout")
-        .arg("30s")
-        // Per-trial info lines would be part of what is timed.
-        .env("SWEEP_LOG", std::env::var("SWEEP_LOG").unwrap_or_else(|_| "warn".into()))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting a worker process")
 }
 
 #[cfg(test)]
