@@ -201,7 +201,7 @@ async fn watch(
     std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
     let mut workers = Vec::new();
     for i in 0..local.workers {
-        workers.push(spawn_worker(options, i, local.slots, &local.store.state_dir, &log_dir, "info")?);
+        workers.push(spawn_worker(options, i, local.slots, &log_dir, "info")?);
     }
 
     let interrupted = signals::on_terminate()?;
@@ -259,7 +259,6 @@ pub(crate) fn spawn_worker(
     options: &ConnectOptions,
     index: u32,
     slots: u32,
-    state_dir: &std::path::Path,
     log_dir: &std::path::Path,
     log_level: &str,
 ) -> anyhow::Result<Child> {
@@ -277,8 +276,6 @@ pub(crate) fn spawn_worker(
         .arg(&options.url)
         .arg("--slots")
         .arg(slots.to_string())
-        .arg("--work-dir")
-        .arg(state_dir.join(format!("worker-{index}")))
         .arg("--connect-timeout")
         .arg("30s")
         .env("SWEEP_LOG", std::env::var("SWEEP_LOG").unwrap_or_else(|_| log_level.to_string()))

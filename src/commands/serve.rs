@@ -1,6 +1,5 @@
 //! `sweep coordinator` and `sweep worker`: the two long-running processes.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,9 +47,6 @@ pub struct WorkerArgs {
     /// Offer only these job kinds (repeatable); by default every kind this build runs.
     #[arg(long = "job-kind")]
     pub job_kinds: Vec<String>,
-    /// Directory for local checkpoints of running trials.
-    #[arg(long, env = "SWEEP_WORKER_DIR", default_value = "sweep-worker")]
-    pub work_dir: PathBuf,
     /// On SIGTERM, finish running trials instead of handing them back.
     #[arg(long)]
     pub finish_on_term: bool,
@@ -70,7 +66,7 @@ pub struct WorkerArgs {
 
 pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let device = Device::parse(&args.device).map_err(anyhow::Error::msg)?;
-    let mut config = WorkerConfig::new(args.coordinator.options()?, args.work_dir.join("checkpoints"));
+    let mut config = WorkerConfig::new(args.coordinator.options()?);
     config.slots = args.slots;
     config.device = device;
     config.job_kinds = args.job_kinds;

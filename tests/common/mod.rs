@@ -176,8 +176,6 @@ impl Worker {
         let file = std::fs::File::create(&log).expect("worker log");
         let child = Command::new(sweep_bin())
             .args(["worker", "--coordinator", url])
-            .arg("--work-dir")
-            .arg(dir.join(name))
             .args(extra)
             .env("SWEEP_LOG", "info")
             .envs(env.iter().copied())

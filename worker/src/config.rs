@@ -1,6 +1,5 @@
 //! Settings of one worker agent.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use sweep_shared::auth::ConnectOptions;
@@ -48,8 +47,6 @@ pub struct WorkerConfig {
     pub device: Device,
     /// Job kinds offered; empty means every kind this build runs.
     pub job_kinds: Vec<String>,
-    /// Local checkpoints of running trials.
-    pub checkpoint_dir: PathBuf,
     /// A metric batch is sent once it holds this many points...
     pub batch_points: usize,
     /// ...or once its oldest point is this old.
@@ -67,13 +64,12 @@ pub struct WorkerConfig {
 }
 
 impl WorkerConfig {
-    pub fn new(coordinator: ConnectOptions, checkpoint_dir: PathBuf) -> Self {
+    pub fn new(coordinator: ConnectOptions) -> Self {
         WorkerConfig {
             coordinator,
             slots: 1,
             device: Device::Cpu,
             job_kinds: Vec::new(),
-            checkpoint_dir,
             batch_points: 1024,
             batch_interval: Duration::from_millis(250),
             acquire_wait: Duration::from_secs(5),

@@ -988,7 +988,7 @@ impl LocalCluster {
         for index in 0..workers {
             // Per-trial info lines would be part of what is timed.
             let options = ConnectOptions { url: url.clone(), ..ConnectOptions::default() };
-            children.push(spawn_worker(&options, index, slots, &state_dir, &log_dir, "warn")?);
+            children.push(spawn_worker(&options, index, slots, &log_dir, "warn")?);
         }
         Ok(LocalCluster {
             url,
