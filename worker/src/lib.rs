@@ -4,7 +4,8 @@
 //! - [`agent`]: register, acquire leases while slots are free, heartbeat, shut down cleanly.
 //! - [`runner`]: one trial from lease to report (complete, fail, hand back).
 //! - [`metrics`]: job metric points -> batched, exactly-once `StreamMetrics` to the coordinator.
-//! - [`checkpoints`]: the local checkpoint store a job's boundaries write to.
+//! - [`checkpoints`]: a job's checkpoints to the coordinator (in order with its metrics), and
+//!   fetch, verify and restore with fallback.
 //! - [`client`]: connecting with retry and back-off.
 //! - [`jobs`]: the job trait and registry; one module per job family (`rl`, ...).
 //! - [`config`], [`error`].

@@ -4,7 +4,9 @@
 //!    the network waits instead of filling memory.
 //! 2. [`stream_trial_metrics`] cuts the points into batches (at `batch_points` points, or when the
 //!    oldest is `batch_interval` old), numbers them 1, 2, 3... and sends them on a
-//!    `StreamMetrics` call, keeping each until the coordinator acknowledges it.
+//!    `StreamMetrics` call, opened when the first batch is due, keeping each batch until the
+//!    coordinator acknowledges it. A trial that ends before any batch was due sends its few
+//!    points with `CompleteTrial` instead (see [`StreamEnd::tail`]).
 //! 3. On an ack gap it resends from the batch the coordinator expects; if the stream breaks it
 //!    reconnects with back-off and resends every unacknowledged batch. The coordinator stores a
 //!    batch it already holds once, so resending is always safe.
