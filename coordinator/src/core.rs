@@ -485,6 +485,11 @@ impl Core {
                     continue;
                 }
                 let Some(trial) = store::trial(tx, trial_id)? else { continue };
+                if trial.attempt <= 1 {
+                    // A first lease: nothing to resume from, and the row already says so.
+                    leases.push(Lease { trial, deadline_ms, checkpoint: None });
+                    continue;
+                }
                 let checkpoint = resume_point(tx, &trial)?;
                 let Some(trial) = store::trial(tx, trial_id)? else { continue };
                 leases.push(Lease { trial, deadline_ms, checkpoint });
@@ -787,13 +792,9 @@ impl Core {
     }
 }
 
-/// Where a newly leased attempt starts: a fresh trial at step 0; a retried one at its latest good
-/// checkpoint, the older attempts' points after that step superseded.
+/// Where a retried attempt starts: at its latest good checkpoint, the older attempts' points
+/// after that step superseded (all of them when there is no checkpoint).
 fn resume_point(tx: &rusqlite::Connection, trial: &TrialRow) -> Result<Option<CheckpointRow>> {
-    if trial.attempt <= 1 {
-        store::set_resume_point(tx, &trial.trial_id, None, None)?;
-        return Ok(None);
-    }
     let checkpoint = store::good_checkpoints(tx, &trial.trial_id)?.into_iter().next();
     set_resume(tx, trial, checkpoint.as_ref())?;
     Ok(checkpoint)

@@ -149,12 +149,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 /// `sweep resume SWEEP`: continues a stopped sweep from its state dir. Interrupted trials resume
 /// from their checkpoints, pending ones start, completed ones never run again.
 pub async fn resume(args: ResumeArgs) -> anyhow::Result<()> {
-    if let Some(path) = &args.spec {
-        let (spec, _) = check_spec(&read_spec(path)?, &source_name(path))?;
-        if spec.name.as_str() != args.sweep {
-            bail!("{} describes sweep '{}', not '{}'", path.display(), spec.name, args.sweep);
+    let changed_spec = match &args.spec {
+        Some(path) => {
+            let text = read_spec(path)?;
+            let (spec, _) = check_spec(&text, &source_name(path))?;
+            if spec.name.as_str() != args.sweep {
+                bail!("{} describes sweep '{}', not '{}'", path.display(), spec.name, args.sweep);
+            }
+            Some((path, text))
         }
-    }
+        None => None,
+    };
     if !args.local.store.state_dir.join("sweep.db").exists() {
         bail!("no sweep state in {} (pass --state-dir)", args.local.store.state_dir.display());
     }
@@ -162,8 +167,7 @@ pub async fn resume(args: ResumeArgs) -> anyhow::Result<()> {
     let outcome = async {
         let mut client = connect(&embedded.options).await?;
         let status = client.status(StatusRequest { sweep_id: args.sweep.clone() }).await.map_err(refused)?.into_inner();
-        if let Some(path) = &args.spec {
-            let text = read_spec(path)?;
+        if let Some((path, text)) = changed_spec {
             let submitted = client
                 .submit(SubmitRequest { spec_yaml: text, source_name: source_name(path), extend: args.extend })
                 .await

@@ -342,21 +342,7 @@ fn rate(x: f64) -> String {
 
 /// The timed sweep of `bench trials`: `trials` random (x, y) points of `quadratic`, one step each.
 fn trials_spec(name: &str, trials: u64) -> String {
-    format!(
-        "name: {name}
-job:
-  kind: quadratic
-  steps: 1
-method: random
-max_trials: {trials}
-metric:
-  name: loss
-  goal: minimize
-parameters:
-  x: {{distribution: uniform, min: -1.0, max: 1.0}}
-  y: {{distribution: uniform, min: -1.0, max: 1.0}}
-"
-    )
+    metrics_spec(name, trials, 1)
 }
 
 /// The timed sweep of `bench metrics`: `trials` trials of `steps` loss points, no checkpoints.
