@@ -58,6 +58,19 @@ impl TensorBlob {
         TensorBlob { dtype: TensorDtype::F64, shape, data }
     }
 
+    pub fn from_f32(shape: Vec<usize>, values: &[f32]) -> Self {
+        let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        TensorBlob { dtype: TensorDtype::F32, shape, data }
+    }
+
+    /// The values of an F32 tensor; `None` for any other dtype.
+    pub fn to_f32(&self) -> Option<Vec<f32>> {
+        if self.dtype != TensorDtype::F32 {
+            return None;
+        }
+        Some(self.data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap_or([0; 4]))).collect())
+    }
+
     /// The values of an F64 tensor; `None` for any other dtype.
     pub fn to_f64(&self) -> Option<Vec<f64>> {
         if self.dtype != TensorDtype::F64 {

@@ -68,6 +68,8 @@ pub struct LocalArgs {
     pub bind: String,
     #[command(flatten)]
     pub store: StoreArgs,
+    #[command(flatten)]
+    pub data: super::serve::DataArgs,
 }
 
 /// A coordinator serving in this process until [`Embedded::stop`].
@@ -205,7 +207,7 @@ async fn watch(
     std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
     let mut workers = Vec::new();
     for i in 0..local.workers {
-        workers.push(spawn_worker(options, i, local.slots, &log_dir, "info")?);
+        workers.push(spawn_worker(options, i, local.slots, &log_dir, "info", &local.data.to_env()?)?);
     }
 
     let interrupted = signals::on_terminate()?;
@@ -265,6 +267,7 @@ pub(crate) fn spawn_worker(
     slots: u32,
     log_dir: &std::path::Path,
     log_level: &str,
+    env: &[(&'static str, std::ffi::OsString)],
 ) -> anyhow::Result<Child> {
     let exe = std::env::current_exe().context("locating the sweep binary")?;
     let log_path = log_dir.join(format!("worker-{index}.log"));
@@ -274,6 +277,7 @@ pub(crate) fn spawn_worker(
     if let Some(token) = &options.token {
         command.env("SWEEP_TOKEN", token);
     }
+    command.envs(env.iter().map(|(k, v)| (*k, v)));
     let child = command
         .arg("worker")
         .arg("--coordinator")

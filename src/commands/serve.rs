@@ -1,12 +1,13 @@
 //! `sweep coordinator` and `sweep worker`: the two long-running processes.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use sweep_shared::params::JobCatalog;
-use sweep_worker::{Device, JobRegistry, WorkerConfig};
+use sweep_worker::{DataPaths, Device, JobEnv, JobRegistry, WorkerConfig};
 use tokio::net::TcpListener;
 
 use crate::{signals, CoordinatorUrl, StoreArgs};
@@ -32,6 +33,51 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         .await
         .context("coordinator")?;
     Ok(())
+}
+
+/// Where jobs read data sets and models, and cache what they derive from them.
+#[derive(Args, Clone, Debug)]
+pub struct DataArgs {
+    /// Data sets directory (holding imdb/plain_text/*.parquet, mnist/*.gz); missing files are
+    /// downloaded from the Hugging Face Hub unless --offline.
+    #[arg(long, env = "SWEEP_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Pretrained models directory (holding all-MiniLM-L6-v2/).
+    #[arg(long, env = "SWEEP_MODELS_DIR", default_value = "models")]
+    pub models_dir: PathBuf,
+    /// Where jobs cache tokenized data and embeddings.
+    #[arg(long, env = "SWEEP_CACHE_DIR", default_value = "sweep-cache")]
+    pub cache_dir: PathBuf,
+    /// Never download data or models (also HF_HUB_OFFLINE=1).
+    #[arg(long, env = "SWEEP_OFFLINE")]
+    pub offline: bool,
+}
+
+impl DataArgs {
+    pub fn paths(&self) -> DataPaths {
+        DataPaths {
+            data_dir: self.data_dir.clone(),
+            models_dir: self.models_dir.clone(),
+            cache_dir: self.cache_dir.clone(),
+            offline: self.offline || DataPaths::from_env().offline,
+        }
+    }
+
+    /// The same settings for a child `sweep worker`, as its environment; relative paths are made
+    /// absolute so they mean the same in the child.
+    pub fn to_env(&self) -> anyhow::Result<Vec<(&'static str, std::ffi::OsString)>> {
+        let cwd = std::env::current_dir()?;
+        let abs = |p: &PathBuf| cwd.join(p).into_os_string();
+        let mut env = vec![
+            ("SWEEP_DATA_DIR", abs(&self.data_dir)),
+            ("SWEEP_MODELS_DIR", abs(&self.models_dir)),
+            ("SWEEP_CACHE_DIR", abs(&self.cache_dir)),
+        ];
+        if self.offline {
+            env.push(("SWEEP_OFFLINE", "1".into()));
+        }
+        Ok(env)
+    }
 }
 
 #[derive(Args)]
@@ -62,10 +108,13 @@ pub struct WorkerArgs {
     /// ...or when its oldest point is this old.
     #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
     pub batch_interval: Duration,
+    #[command(flatten)]
+    pub data: DataArgs,
 }
 
 pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let device = Device::parse(&args.device).map_err(anyhow::Error::msg)?;
+    let registry = JobRegistry::with_env(JobEnv { paths: args.data.paths(), device: device.clone() });
     let mut config = WorkerConfig::new(args.coordinator.options()?);
     config.slots = args.slots;
     config.device = device;
@@ -76,7 +125,7 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     config.batch_points = args.batch_points.max(1);
     config.batch_interval = args.batch_interval;
     let stop = signals::on_terminate()?;
-    let summary = sweep_worker::run(config, Arc::new(JobRegistry::builtin()), stop).await.context("worker")?;
+    let summary = sweep_worker::run(config, Arc::new(registry), stop).await.context("worker")?;
     eprintln!(
         "worker done: {} completed, {} failed, {} handed back, {} dropped",
         summary.completed, summary.failed, summary.handed_back, summary.dropped

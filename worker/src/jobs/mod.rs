@@ -1,6 +1,6 @@
 //! The job interface and the registry of job kinds this worker can run.
 //!
-//! A job family lives in its own module (`rl`, later `nlp`, `gan`); each job kind implements
+//! A job family lives in its own module (`rl`, `nlp`, later `gan`); each job kind implements
 //! [`JobFactory`] (schema + constructor) and [`Job`] (run, checkpoint, restore). The registry is
 //! the only list of kinds: the worker advertises it at registration and the `sweep` binary passes
 //! it to the coordinator as its [`JobCatalog`], so adding a job family touches no coordinator code.
@@ -9,13 +9,18 @@
 //! [`JobContext::report`], checks [`JobContext::is_cancelled`] at least once per step, and offers a
 //! checkpoint at each natural boundary through [`JobContext::boundary`].
 
+pub mod nlp;
 pub mod rl;
+pub(crate) mod rng;
 pub mod trivial;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use sweep_shared::checkpoint::{Checkpoint, CheckpointError};
+
+use crate::config::Device;
+use crate::data::DataPaths;
 use sweep_shared::params::{JobCatalog, JobSchema, ParamError, Params};
 
 /// Why a job stopped without finishing.
@@ -125,16 +130,48 @@ pub trait JobFactory: Send + Sync {
     fn create(&self, params: &Params, seed: u64) -> Result<Box<dyn Job>, JobError>;
 }
 
+/// What jobs get from the worker that runs them: where data lives and which device to use.
+#[derive(Debug, Clone)]
+pub struct JobEnv {
+    pub paths: DataPaths,
+    pub device: Device,
+}
+
+impl JobEnv {
+    /// Paths from the environment (see [`DataPaths::from_env`]) on the CPU.
+    pub fn from_env() -> Self {
+        JobEnv { paths: DataPaths::from_env(), device: Device::Cpu }
+    }
+
+    /// The candle device for tensors.
+    pub fn candle_device(&self) -> Result<candle_core::Device, JobError> {
+        match self.device {
+            Device::Cpu => Ok(candle_core::Device::Cpu),
+            Device::Cuda(i) => candle_core::Device::new_cuda(i)
+                .map_err(|e| JobError::Failed(format!("cuda:{i} is not usable: {e}"))),
+        }
+    }
+}
+
 /// Every job kind this build of the worker runs.
 pub struct JobRegistry {
     factories: Vec<Box<dyn JobFactory>>,
 }
 
 impl JobRegistry {
-    /// The registry with all built-in jobs.
+    /// The registry with all built-in jobs, data paths from the environment, on the CPU.
     pub fn builtin() -> Self {
+        Self::with_env(JobEnv::from_env())
+    }
+
+    /// The registry with all built-in jobs, reading data and placing tensors as `env` says.
+    pub fn with_env(env: JobEnv) -> Self {
         JobRegistry {
-            factories: vec![Box::new(rl::qtable::QTableFactory::new()), Box::new(trivial::TrivialFactory::new())],
+            factories: vec![
+                Box::new(rl::qtable::QTableFactory::new()),
+                Box::new(nlp::sentiment::SentimentFactory::new(env.clone())),
+                Box::new(trivial::TrivialFactory::new()),
+            ],
         }
     }
 

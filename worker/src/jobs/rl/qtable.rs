@@ -37,6 +37,7 @@ use sweep_shared::params::{EpsilonSchedule, JobSchema, ParamKind, ParamSpec, Par
 
 use super::cartpole::{CartPole, CartPoleVersion};
 use super::epsilon::{EpsilonRunner, EpsilonState};
+use crate::jobs::rng::RngState;
 use crate::jobs::{Job, JobContext, JobError, JobFactory};
 
 /// The job kind, as specs name it.
@@ -239,32 +240,6 @@ struct QTableHeader {
     episode: u64,
     rng: RngState,
     epsilon: EpsilonState,
-}
-
-/// A ChaCha8 RNG's position through its public API (seed, stream, word position).
-#[derive(Debug, Serialize, Deserialize)]
-struct RngState {
-    seed: [u8; 32],
-    stream: u64,
-    /// A u128 in decimal: JSON numbers stop at 64 bits.
-    word_pos: String,
-}
-
-impl RngState {
-    fn of(rng: &ChaCha8Rng) -> Self {
-        RngState { seed: rng.get_seed(), stream: rng.get_stream(), word_pos: rng.get_word_pos().to_string() }
-    }
-
-    fn to_rng(&self) -> Result<ChaCha8Rng, JobError> {
-        let word_pos: u128 = self
-            .word_pos
-            .parse()
-            .map_err(|e| JobError::InvalidParams(format!("checkpoint rng word_pos '{}': {e}", self.word_pos)))?;
-        let mut rng = ChaCha8Rng::from_seed(self.seed);
-        rng.set_stream(self.stream);
-        rng.set_word_pos(word_pos);
-        Ok(rng)
-    }
 }
 
 impl QTableJob {

@@ -1,0 +1,221 @@
+//! Where jobs find data sets, pretrained models and their own caches.
+//!
+//! A file is looked up in a local directory first (`--data-dir` / `SWEEP_DATA_DIR` for data sets,
+//! `--models-dir` / `SWEEP_MODELS_DIR` for models); tests and CI point these at `../shared`. When it
+//! is not there and downloads are allowed (`SWEEP_OFFLINE` and `HF_HUB_OFFLINE` unset), the same
+//! file comes from the Hugging Face Hub into `<cache-dir>/hub`, and is checked against its sha256
+//! where one is known. Otherwise the error names the directory it looked in, the flag and variable
+//! that move it, and the download that was refused or failed.
+//!
+//! Derived data (tokenized text, embeddings) goes to `--cache-dir` / `SWEEP_CACHE_DIR`, never next
+//! to the source files, which may be read-only.
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+/// Directories a worker's jobs read from and cache into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataPaths {
+    pub data_dir: PathBuf,
+    pub models_dir: PathBuf,
+    pub cache_dir: PathBuf,
+    /// Never download (also set by `HF_HUB_OFFLINE=1`).
+    pub offline: bool,
+}
+
+/// Why a data file could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error(
+        "{what} not found at {local}; point {flag} (or {env}) at a directory that holds {relative}, \
+         or allow the download from the Hugging Face Hub ({repo}): {download}"
+    )]
+    Missing {
+        what: &'static str,
+        local: PathBuf,
+        relative: String,
+        flag: &'static str,
+        env: &'static str,
+        repo: &'static str,
+        download: String,
+    },
+    #[error("{path}: sha256 is {found}, expected {expected}: the file is damaged or not the one sweep knows")]
+    Checksum { path: PathBuf, expected: &'static str, found: String },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+}
+
+impl DataError {
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        DataError::Io { path: path.to_path_buf(), source }
+    }
+
+    pub fn invalid(path: &Path, reason: impl Into<String>) -> Self {
+        DataError::Invalid { path: path.to_path_buf(), reason: reason.into() }
+    }
+}
+
+/// Hub repository kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HubRepo {
+    Dataset(&'static str),
+    Model(&'static str),
+}
+
+/// A file a job needs: where it sits locally and where the Hub keeps the same file.
+#[derive(Debug, Clone, Copy)]
+pub struct DataFile {
+    /// What it is, for messages ("IMDB train split").
+    pub what: &'static str,
+    /// Path under the data or models directory.
+    pub local: &'static str,
+    pub repo: HubRepo,
+    /// Path inside the Hub repository.
+    pub remote: &'static str,
+    /// Checked on download when known.
+    pub sha256: Option<&'static str>,
+}
+
+impl DataPaths {
+    /// From `SWEEP_DATA_DIR`, `SWEEP_MODELS_DIR`, `SWEEP_CACHE_DIR`, `SWEEP_OFFLINE` and
+    /// `HF_HUB_OFFLINE`, with defaults `data`, `models` and `sweep-cache` under the working directory.
+    pub fn from_env() -> Self {
+        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let flag = |name: &str| std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0" && v != "false");
+        DataPaths {
+            data_dir: var("SWEEP_DATA_DIR").unwrap_or_else(|| PathBuf::from("data")),
+            models_dir: var("SWEEP_MODELS_DIR").unwrap_or_else(|| PathBuf::from("models")),
+            cache_dir: var("SWEEP_CACHE_DIR").unwrap_or_else(|| PathBuf::from("sweep-cache")),
+            offline: flag("SWEEP_OFFLINE") || flag("HF_HUB_OFFLINE"),
+        }
+    }
+
+    /// A cache subdirectory, created if needed.
+    pub fn cache(&self, name: &str) -> Result<PathBuf, DataError> {
+        let dir = self.cache_dir.join(name);
+        std::fs::create_dir_all(&dir).map_err(|e| DataError::io(&dir, e))?;
+        Ok(dir)
+    }
+
+    /// The local path of `file`, downloading it first when it is missing and downloads are allowed.
+    pub fn locate(&self, file: &DataFile) -> Result<PathBuf, DataError> {
+        let (root, flag, env) = match file.repo {
+            HubRepo::Dataset(_) => (&self.data_dir, "--data-dir", "SWEEP_DATA_DIR"),
+            HubRepo::Model(_) => (&self.models_dir, "--models-dir", "SWEEP_MODELS_DIR"),
+        };
+        let local = root.join(file.local);
+        if local.is_file() {
+            return Ok(local);
+        }
+        let download = if self.offline {
+            Err("downloads are off (SWEEP_OFFLINE or HF_HUB_OFFLINE is set)".to_string())
+        } else {
+            self.download(file)
+        };
+        match download {
+            Ok(path) => Ok(path),
+            Err(download) => Err(DataError::Missing {
+                what: file.what,
+                local,
+                relative: file.local.to_string(),
+                flag,
+                env,
+                repo: match file.repo {
+                    HubRepo::Dataset(r) | HubRepo::Model(r) => r,
+                },
+                download,
+            }),
+        }
+    }
+
+    fn download(&self, file: &DataFile) -> Result<PathBuf, String> {
+        let hub = self.cache("hub").map_err(|e| e.to_string())?;
+        let api = hf_hub::api::sync::ApiBuilder::new()
+            .with_cache_dir(hub)
+            .with_progress(false)
+            .build()
+            .map_err(|e| format!("cannot set up the Hub client: {e}"))?;
+        let repo = match file.repo {
+            HubRepo::Dataset(id) => hf_hub::Repo::new(id.to_string(), hf_hub::RepoType::Dataset),
+            HubRepo::Model(id) => hf_hub::Repo::new(id.to_string(), hf_hub::RepoType::Model),
+        };
+        tracing::info!(file = file.remote, "downloading from the Hugging Face Hub");
+        let path = api.repo(repo).get(file.remote).map_err(|e| format!("download of {} failed: {e}", file.remote))?;
+        if let Some(expected) = file.sha256 {
+            let found = sha256_file(&path).map_err(|e| e.to_string())?;
+            if found != expected {
+                return Err(DataError::Checksum { path, expected, found }.to_string());
+            }
+        }
+        Ok(path)
+    }
+}
+
+/// Hex sha256 of a file's bytes, read in 1 MiB pieces.
+pub fn sha256_file(path: &Path) -> Result<String, DataError> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(|e| DataError::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so readers never see half a file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(|e| DataError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MISSING: DataFile = DataFile {
+        what: "test file",
+        local: "nothing/here.parquet",
+        repo: HubRepo::Dataset("someone/nothing"),
+        remote: "here.parquet",
+        sha256: None,
+    };
+
+    #[test]
+    fn a_missing_file_offline_names_both_ways() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = DataPaths {
+            data_dir: dir.path().join("data"),
+            models_dir: dir.path().join("models"),
+            cache_dir: dir.path().join("cache"),
+            offline: true,
+        };
+        let err = paths.locate(&MISSING).unwrap_err().to_string();
+        assert!(err.contains("nothing/here.parquet"), "{err}");
+        assert!(err.contains("--data-dir") && err.contains("SWEEP_DATA_DIR"), "{err}");
+        assert!(err.contains("someone/nothing") && err.contains("downloads are off"), "{err}");
+    }
+
+    #[test]
+    fn a_local_file_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = dir.path().join("nothing");
+        std::fs::create_dir_all(&local).unwrap();
+        std::fs::write(local.join("here.parquet"), b"x").unwrap();
+        let paths = DataPaths {
+            data_dir: dir.path().to_path_buf(),
+            models_dir: dir.path().to_path_buf(),
+            cache_dir: dir.path().join("cache"),
+            offline: true,
+        };
+        assert_eq!(paths.locate(&MISSING).unwrap(), local.join("here.parquet"));
+    }
+}
