@@ -2,5 +2,6 @@
 
 pub mod bench;
 pub mod client;
+pub mod embed;
 pub mod run;
 pub mod serve;

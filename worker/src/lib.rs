@@ -24,6 +24,6 @@ pub mod runner;
 
 pub use agent::{run, AgentSummary};
 pub use config::{Device, WorkerConfig};
-pub use error::{Result, WorkerError};
 pub use data::DataPaths;
+pub use error::{Result, WorkerError};
 pub use jobs::{JobEnv, JobRegistry};

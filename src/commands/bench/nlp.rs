@@ -4,7 +4,7 @@
 //! A train step is what `imdb-sentiment` does per batch: forward, stable BCE on logits, backward,
 //! an RMSprop update. Both sides use the same shapes (batch x maxlen ids into Embedding(max_features,
 //! embed) and a recurrent layer of `hidden` units, or multi-hot vectors into the 16-16-1 dense
-//! model), random ids and labels, the same thread count, a few warm-up steps, then the median of
+//! model; ours reads the multi-hot vectors' ones as ids, see `models.rs`), random ids and labels, the same thread count, a few warm-up steps, then the median of
 //! `--steps` timed steps. The PyTorch side is `bench/python/imdb_torch_bench.py` (torch installed
 //! by `bench/setup-python.sh`); without it, `--no-python` prints our side alone.
 
@@ -64,11 +64,22 @@ fn candle_step_ms(arch: Arch, args: &NlpArgs) -> anyhow::Result<(f64, f64)> {
     let (b, t, v) = (args.batch, args.maxlen, args.max_features);
     let ids: Vec<u32> = (0..b * t).map(|_| rng.random_range(1..v as u32)).collect();
     let input = if arch.multi_hot() {
-        let mut hot = vec![0f32; b * v];
-        for (i, &id) in ids.iter().enumerate() {
-            hot[(i / t) * v + id as usize] = 1.0;
+        // The multi-hot vectors' ones, as each row's distinct ids padded with 0.
+        let sets: Vec<Vec<u32>> = ids
+            .chunks(t)
+            .map(|row| {
+                let mut row = row.to_vec();
+                row.sort_unstable();
+                row.dedup();
+                row
+            })
+            .collect();
+        let width = sets.iter().map(Vec::len).max().unwrap_or(1);
+        let mut padded = vec![0u32; b * width];
+        for (out, set) in padded.chunks_exact_mut(width).zip(&sets) {
+            out[..set.len()].copy_from_slice(set);
         }
-        Tensor::from_vec(hot, (b, v), &device)?
+        Tensor::from_vec(padded, (b, width), &device)?
     } else {
         Tensor::from_vec(ids, (b, t), &device)?
     };

@@ -147,8 +147,9 @@ impl JobEnv {
     pub fn candle_device(&self) -> Result<candle_core::Device, JobError> {
         match self.device {
             Device::Cpu => Ok(candle_core::Device::Cpu),
-            Device::Cuda(i) => candle_core::Device::new_cuda(i)
-                .map_err(|e| JobError::Failed(format!("cuda:{i} is not usable: {e}"))),
+            Device::Cuda(i) => {
+                candle_core::Device::new_cuda(i).map_err(|e| JobError::Failed(format!("cuda:{i} is not usable: {e}")))
+            }
         }
     }
 }
@@ -170,6 +171,7 @@ impl JobRegistry {
             factories: vec![
                 Box::new(rl::qtable::QTableFactory::new()),
                 Box::new(nlp::sentiment::SentimentFactory::new(env.clone())),
+                Box::new(nlp::bert_sentiment::BertSentimentFactory::new(env.clone())),
                 Box::new(trivial::TrivialFactory::new()),
             ],
         }

@@ -81,7 +81,10 @@ impl Sequences {
 
     /// The reviews at `rows`, in that order.
     pub fn select(&self, rows: &[usize]) -> Sequences {
-        Sequences::from_encoded(rows.iter().map(|&i| self.review(i).to_vec()).collect(), rows.iter().map(|&i| self.labels[i]).collect())
+        Sequences::from_encoded(
+            rows.iter().map(|&i| self.review(i).to_vec()).collect(),
+            rows.iter().map(|&i| self.labels[i]).collect(),
+        )
     }
 }
 
@@ -194,7 +197,12 @@ fn bytes_of<T: Copy>(values: &[T], to_le: impl Fn(T) -> Vec<u8>) -> Vec<u8> {
 fn write_cache(path: &Path, t: &ImdbTokens) -> Result<(), DataError> {
     let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
     for (split, s) in [("train", &t.train), ("test", &t.test)] {
-        tensors.push((format!("{split}.ids"), Dtype::U32, vec![s.ids.len()], bytes_of(&s.ids, |v| v.to_le_bytes().to_vec())));
+        tensors.push((
+            format!("{split}.ids"),
+            Dtype::U32,
+            vec![s.ids.len()],
+            bytes_of(&s.ids, |v| v.to_le_bytes().to_vec()),
+        ));
         tensors.push((
             format!("{split}.offsets"),
             Dtype::U64,
@@ -206,7 +214,9 @@ fn write_cache(path: &Path, t: &ImdbTokens) -> Result<(), DataError> {
     let views: Vec<(String, TensorView<'_>)> = tensors
         .iter()
         .map(|(name, dtype, shape, data)| {
-            TensorView::new(*dtype, shape.clone(), data).map(|v| (name.clone(), v)).map_err(|e| DataError::invalid(path, e.to_string()))
+            TensorView::new(*dtype, shape.clone(), data)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| DataError::invalid(path, e.to_string()))
         })
         .collect::<Result<_, _>>()?;
     let metadata: HashMap<String, String> = [
@@ -281,16 +291,24 @@ pub fn padded(seqs: &Sequences, maxlen: usize) -> Vec<u32> {
     out
 }
 
-/// Multi-hot rows `(rows.len(), max_features)`: 1.0 at every id a review contains, whole review.
-pub fn multi_hot(seqs: &Sequences, rows: &[usize], max_features: usize) -> Vec<f32> {
-    let mut out = vec![0f32; rows.len() * max_features];
-    for (r, &i) in rows.iter().enumerate() {
-        let row = &mut out[r * max_features..(r + 1) * max_features];
-        for &id in seqs.review(i) {
-            row[id as usize] = 1.0;
-        }
+/// Each review's distinct ids (its multi-hot vector's ones), sorted, padded with 0 to the longest:
+/// `(rows.len(), width)` row-major, and `width`.
+pub fn distinct_ids(seqs: &Sequences, rows: &[usize]) -> (Vec<u32>, usize) {
+    let sets: Vec<Vec<u32>> = rows
+        .iter()
+        .map(|&i| {
+            let mut ids = seqs.review(i).to_vec();
+            ids.sort_unstable();
+            ids.dedup();
+            ids
+        })
+        .collect();
+    let width = sets.iter().map(Vec::len).max().unwrap_or(0).max(1);
+    let mut out = vec![0u32; rows.len() * width];
+    for (row, ids) in out.chunks_exact_mut(width).zip(&sets) {
+        row[..ids.len()].copy_from_slice(ids);
     }
-    out
+    (out, width)
 }
 
 /// The IMDB files' directory under a data dir, for messages.
@@ -389,9 +407,8 @@ mod tests {
     }
 
     #[test]
-    fn multi_hot_marks_each_id_once() {
-        let seqs = Sequences::from_encoded(vec![vec![2, 3, 2], vec![1]], vec![1, 0]);
-        let rows = multi_hot(&seqs, &[1, 0], 5);
-        assert_eq!(rows, [0., 1., 0., 0., 0., 0., 0., 1., 1., 0.]);
+    fn distinct_ids_are_the_multi_hot_ones() {
+        let seqs = Sequences::from_encoded(vec![vec![3, 2, 3], vec![1]], vec![1, 0]);
+        assert_eq!(distinct_ids(&seqs, &[1, 0]), (vec![1, 0, 2, 3], 2));
     }
 }

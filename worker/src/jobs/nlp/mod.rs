@@ -3,11 +3,16 @@
 //! - [`text`]: Keras' tokenizer rules and `pad_sequences`;
 //! - [`imdb`]: the data set's loader, its token cache, batches;
 //! - [`recurrent`]: SimpleRNN and LSTM as one fused candle op with its own backward;
+//! - [`bag`]: the dense model's multi-hot layer as a sum of weight rows;
 //! - [`models`]: the three classifiers and their loss;
 //! - [`optim`]: RMSprop and Adam with checkpointable state;
 //! - [`sentiment`]: the `imdb-sentiment` job.
 
+pub mod bert;
+pub mod bert_sentiment;
+pub mod bag;
 pub mod imdb;
+pub mod imdb_embed;
 pub mod models;
 pub mod optim;
 pub mod recurrent;

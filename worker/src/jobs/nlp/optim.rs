@@ -70,14 +70,16 @@ impl Optimizer {
                 Some(v) => v.clone(),
                 None => g.zeros_like()?,
             };
-            let v = ((v_old * match self.kind {
-                OptimizerKind::RmsProp => RHO,
-                OptimizerKind::Adam => BETA2,
-            })? + (g.sqr()?
+            let v = ((v_old
                 * match self.kind {
-                    OptimizerKind::RmsProp => 1.0 - RHO,
-                    OptimizerKind::Adam => 1.0 - BETA2,
-                })?)?;
+                    OptimizerKind::RmsProp => RHO,
+                    OptimizerKind::Adam => BETA2,
+                })?
+                + (g.sqr()?
+                    * match self.kind {
+                        OptimizerKind::RmsProp => 1.0 - RHO,
+                        OptimizerKind::Adam => 1.0 - BETA2,
+                    })?)?;
             let denom = (v.sqrt()? + EPS)?;
             let update = match self.kind {
                 OptimizerKind::RmsProp => ((g / &denom)? * self.lr)?,

@@ -258,8 +258,8 @@ impl SentimentJob {
     fn batch(&self, seqs: &Sequences, ids: &[u32], rows: &[usize]) -> candle_core::Result<(Tensor, Tensor)> {
         let n = rows.len();
         let input = if self.config.arch.multi_hot() {
-            let v = self.config.dims.max_features;
-            Tensor::from_vec(imdb::multi_hot(seqs, rows, v), (n, v), &self.device)?
+            let (ids, width) = imdb::distinct_ids(seqs, rows);
+            Tensor::from_vec(ids, (n, width), &self.device)?
         } else {
             let len = self.config.maxlen;
             let mut out = Vec::with_capacity(n * len);
@@ -372,7 +372,8 @@ impl Job for SentimentJob {
         }
         for (name, tensor) in moments {
             let data = tensor.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(failed)?;
-            checkpoint = checkpoint.with_tensor(&format!("opt.{name}"), TensorBlob::from_f32(tensor.dims().to_vec(), &data));
+            checkpoint =
+                checkpoint.with_tensor(&format!("opt.{name}"), TensorBlob::from_f32(tensor.dims().to_vec(), &data));
         }
         Ok(checkpoint)
     }
