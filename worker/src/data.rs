@@ -27,19 +27,10 @@ pub struct DataPaths {
 /// Why a data file could not be had.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error(
-        "{what} not found at {local}; point {flag} (or {env}) at a directory that holds {relative}, \
-         or allow the download from the Hugging Face Hub ({repo}): {download}"
-    )]
-    Missing {
-        what: &'static str,
-        local: PathBuf,
-        relative: String,
-        flag: &'static str,
-        env: &'static str,
-        repo: &'static str,
-        download: String,
-    },
+    /// Neither the local file nor a download: the message names the directory looked in, the
+    /// flag and variable that move it, and why the download did not happen.
+    #[error("{0}")]
+    Missing(String),
     #[error("{path}: sha256 is {found}, expected {expected}: the file is damaged or not the one sweep knows")]
     Checksum { path: PathBuf, expected: &'static str, found: String },
     #[error("{path}: {source}")]
@@ -117,17 +108,18 @@ impl DataPaths {
         };
         match download {
             Ok(path) => Ok(path),
-            Err(download) => Err(DataError::Missing {
-                what: file.what,
-                local,
-                relative: file.local.to_string(),
-                flag,
-                env,
-                repo: match file.repo {
+            Err(download) => {
+                let repo = match file.repo {
                     HubRepo::Dataset(r) | HubRepo::Model(r) => r,
-                },
-                download,
-            }),
+                };
+                Err(DataError::Missing(format!(
+                    "{} not found at {}; point {flag} (or {env}) at a directory that holds {}, or allow the \
+                     download from the Hugging Face Hub ({repo}): {download}",
+                    file.what,
+                    local.display(),
+                    file.local
+                )))
+            }
         }
     }
 
@@ -175,6 +167,21 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     std::fs::write(&tmp, bytes).map_err(|e| DataError::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
+}
+
+/// The data and models the tests use: `SWEEP_DATA_DIR` / `SWEEP_MODELS_DIR` when set, else
+/// `../shared/data` and `../shared/models` beside the project (as in CI); downloads off; a cache
+/// in the system temp dir shared by test runs (its entries are keyed and checked like any cache).
+#[cfg(test)]
+pub(crate) fn test_paths() -> DataPaths {
+    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared");
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    DataPaths {
+        data_dir: var("SWEEP_DATA_DIR").unwrap_or_else(|| shared.join("data")),
+        models_dir: var("SWEEP_MODELS_DIR").unwrap_or_else(|| shared.join("models")),
+        cache_dir: std::env::temp_dir().join("sweep-test-cache"),
+        offline: true,
+    }
 }
 
 #[cfg(test)]

@@ -21,7 +21,9 @@ fn contiguous<'a, T>(data: &'a [T], layout: &Layout, what: &str) -> candle_core:
 fn dims(kernel: &Layout, ids: &Layout) -> candle_core::Result<(usize, usize, usize, usize)> {
     match (kernel.dims(), ids.dims()) {
         (&[v, u], &[b, l]) => Ok((v, u, b, l)),
-        (k, i) => candle_core::bail!("bag sum: kernel must be (features, units) and ids (batch, len), got {k:?}, {i:?}"),
+        (k, i) => {
+            candle_core::bail!("bag sum: kernel must be (features, units) and ids (batch, len), got {k:?}, {i:?}")
+        }
     }
 }
 
@@ -30,7 +32,13 @@ impl CustomOp2 for BagSum {
         "bag-sum"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (v, u, b, l) = dims(l1, l2)?;
         let (CpuStorage::F32(kernel), CpuStorage::U32(ids)) = (s1, s2) else {
             candle_core::bail!("bag sum: kernel must be f32 and ids u32");
@@ -68,7 +76,8 @@ impl CustomOp2 for BagSum {
         else {
             candle_core::bail!("bag sum: backward needs CPU u32 ids and f32 gradients");
         };
-        let (id_data, grad_data) = (contiguous(id_data, id_layout, "ids")?, contiguous(grad_data, grad_layout, "grad")?);
+        let (id_data, grad_data) =
+            (contiguous(id_data, id_layout, "ids")?, contiguous(grad_data, grad_layout, "grad")?);
         let mut d_kernel = vec![0f32; v * u];
         for (row, g) in id_data.chunks_exact(l.max(1)).zip(grad_data.chunks_exact(u)) {
             for &id in row {

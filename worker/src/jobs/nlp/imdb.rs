@@ -321,23 +321,17 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
 
-    /// `SWEEP_DATA_DIR`, or `../shared/data` next to the project as in CI.
-    fn shared_paths() -> Option<DataPaths> {
-        let mut paths = DataPaths::from_env();
-        if std::env::var_os("SWEEP_DATA_DIR").is_none() {
-            paths.data_dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data"));
-        }
-        paths.offline = true;
-        let dir = tempfile::tempdir().ok()?;
-        paths.cache_dir = dir.keep();
-        paths.data_dir.join(TRAIN.local).is_file().then_some(paths)
+    /// The shared data with a cache of this test's own (it damages the cache on purpose).
+    fn shared_paths() -> (DataPaths, tempfile::TempDir) {
+        let mut paths = crate::data::test_paths();
+        let cache = tempfile::tempdir().expect("temp dir");
+        paths.cache_dir = cache.path().to_path_buf();
+        (paths, cache)
     }
 
     #[test]
     fn real_imdb_matches_keras_facts_and_the_cache_round_trips() {
-        let Some(paths) = shared_paths() else {
-            panic!("IMDB not found: set SWEEP_DATA_DIR to the directory holding imdb/plain_text");
-        };
+        let (paths, _cache) = shared_paths();
         let fixture: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/keras_tokenizer.json"))
                 .expect("fixture"),

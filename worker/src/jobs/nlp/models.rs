@@ -28,6 +28,9 @@ use rand_distr::{Distribution, StandardNormal};
 use super::bag::bag_sum;
 use super::recurrent::{CellKind, Recurrent};
 
+/// Variables copied to the host: `(name, shape, values)`.
+pub type NamedWeights = Vec<(String, Vec<usize>, Vec<f32>)>;
+
 /// Which model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arch {
@@ -184,7 +187,7 @@ impl SentimentModel {
     }
 
     /// Weights as host f32 vectors by name, for checkpoints.
-    pub fn weights(&self) -> candle_core::Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    pub fn weights(&self) -> candle_core::Result<NamedWeights> {
         self.vars
             .iter()
             .map(|(name, var)| {
