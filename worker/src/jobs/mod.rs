@@ -9,6 +9,7 @@
 //! [`JobContext::report`], checks [`JobContext::is_cancelled`] at least once per step, and offers a
 //! checkpoint at each natural boundary through [`JobContext::boundary`].
 
+pub mod gan;
 pub mod nlp;
 pub mod rl;
 pub(crate) mod rng;
