@@ -66,14 +66,15 @@ impl Geometry {
         self.channels * self.big_h * self.big_w
     }
 
-    /// `cols[(c, ky, kx), (oy, ox)] = big[c, oy*s - p + ky, ox*s - p + kx]`, 0 outside.
-    fn im2col<T: Float>(&self, big: &[T], cols: &mut [T]) {
+    /// `cols[(c, ky, kx), off + (oy, ox)] = big[c, oy*s - p + ky, ox*s - p + kx]`, 0 outside;
+    /// `cols` rows are `ld` apart, so several samples can sit side by side.
+    fn im2col<T: Float>(&self, big: &[T], cols: &mut [T], ld: usize, off: usize) {
         let (k, s, p, n) = (self.k, self.stride, self.pad as isize, self.cols());
         for c in 0..self.channels {
             let plane = &big[c * self.big_h * self.big_w..][..self.big_h * self.big_w];
             for ky in 0..k {
                 for kx in 0..k {
-                    let row = &mut cols[((c * k + ky) * k + kx) * n..][..n];
+                    let row = &mut cols[((c * k + ky) * k + kx) * ld + off..][..n];
                     for oy in 0..self.small_h {
                         let y = (oy * s + ky) as isize - p;
                         let out = &mut row[oy * self.small_w..(oy + 1) * self.small_w];
@@ -93,14 +94,14 @@ impl Geometry {
     }
 
     /// The adjoint of [`Geometry::im2col`]: `big` (zeroed here) gets every column entry added back.
-    fn col2im<T: Float>(&self, cols: &[T], big: &mut [T]) {
+    fn col2im<T: Float>(&self, cols: &[T], ld: usize, off: usize, big: &mut [T]) {
         big.fill(T::ZERO);
         let (k, s, p, n) = (self.k, self.stride, self.pad as isize, self.cols());
         for c in 0..self.channels {
             let plane = &mut big[c * self.big_h * self.big_w..][..self.big_h * self.big_w];
             for ky in 0..k {
                 for kx in 0..k {
-                    let row = &cols[((c * k + ky) * k + kx) * n..][..n];
+                    let row = &cols[((c * k + ky) * k + kx) * ld + off..][..n];
                     for oy in 0..self.small_h {
                         let y = (oy * s + ky) as isize - p;
                         if y < 0 || y >= self.big_h as isize {
@@ -302,30 +303,86 @@ impl Call {
         }
     }
 
+    /// Samples per gemm: enough columns for an efficient gemm, a bounded `cols` buffer.
+    fn block(&self) -> usize {
+        const COLS_BUDGET: usize = 4 << 20;
+        (COLS_BUDGET / (self.geo.rows() * self.geo.cols()).max(1)).clamp(1, 64)
+    }
+
+    /// Runs `work(first_sample, samples, out_chunk)` over blocks of the batch, blocks split over
+    /// threads; `out` holds `per` values a sample.
+    fn blocks<T: Float, R: Send>(
+        &self,
+        per: usize,
+        out: &mut [T],
+        work: impl Fn(usize, usize, &mut [T], &mut Vec<T>, &mut Vec<T>) + Sync,
+        finish: impl Fn(Vec<T>) -> R + Sync,
+    ) -> Vec<R> {
+        let block = self.block();
+        per_sample(self.batch, per, out, |samples, out| {
+            let (mut cols, mut wide) = (Vec::new(), Vec::new());
+            let start = samples.start;
+            let mut acc = Vec::new();
+            let mut first = samples.start;
+            while first < samples.end {
+                let count = block.min(samples.end - first);
+                let local = (first - start) * per;
+                work(first, count, &mut out[local..local + count * per], &mut cols, &mut wide);
+                first += count;
+                if acc.is_empty() {
+                    acc = std::mem::take(&mut wide);
+                } else {
+                    acc.iter_mut().zip(&wide).for_each(|(a, b)| *a = *a + *b);
+                }
+            }
+            finish(acc)
+        })
+    }
+
     fn forward<T: Float>(&self, x: &[T], w: &[T]) -> Vec<T> {
         let g = self.geo;
         let (rows, n) = (g.rows(), g.cols());
         let (ins, outs) = (self.in_per_sample(), self.out_per_sample());
         let mut out = vec![T::ZERO; self.batch * outs];
-        per_sample(self.batch, outs, &mut out, |samples, out| {
-            let mut cols = vec![T::ZERO; rows * n];
-            for (i, b) in samples.enumerate() {
-                let x_b = &x[b * ins..(b + 1) * ins];
-                let out_b = &mut out[i * outs..(i + 1) * outs];
+        self.blocks(
+            outs,
+            &mut out,
+            |first, count, out, cols, wide| {
+                let ld = count * n;
+                cols.resize(rows * ld, T::ZERO);
                 match self.kind {
                     ConvKind::Conv { .. } => {
-                        g.im2col(x_b, &mut cols);
-                        // out_b (Cout x n) = W (Cout x rows) * cols (rows x n)
-                        gemm((self.c_out, n, rows), out_b, (n, 1), false, w, (rows, 1), &cols, (n, 1));
+                        for i in 0..count {
+                            g.im2col(&x[(first + i) * ins..][..ins], cols, ld, i * n);
+                        }
+                        // tmp (Cout x count*n) = W (Cout x rows) * cols; then per sample (Cout, n).
+                        wide.resize(self.c_out * ld, T::ZERO);
+                        gemm((self.c_out, ld, rows), wide, (ld, 1), false, w, (rows, 1), cols, (ld, 1));
+                        for i in 0..count {
+                            for c in 0..self.c_out {
+                                out[(i * self.c_out + c) * n..][..n].copy_from_slice(&wide[c * ld + i * n..][..n]);
+                            }
+                        }
                     }
                     ConvKind::Transpose { .. } => {
-                        // cols (rows = Cout*k*k x n) = W^T (rows x Cin) * x_b (Cin x n); W is (Cin, rows).
-                        gemm((rows, n, self.c_in), &mut cols, (n, 1), false, w, (1, rows), x_b, (n, 1));
-                        g.col2im(&cols, out_b);
+                        // xw (Cin x count*n) side by side; cols (rows x count*n) = W^T (rows x Cin) * xw.
+                        wide.resize(self.c_in * ld, T::ZERO);
+                        for i in 0..count {
+                            for c in 0..self.c_in {
+                                wide[c * ld + i * n..][..n]
+                                    .copy_from_slice(&x[((first + i) * self.c_in + c) * n..][..n]);
+                            }
+                        }
+                        gemm((rows, ld, self.c_in), cols, (ld, 1), false, w, (1, rows), wide, (ld, 1));
+                        for i in 0..count {
+                            g.col2im(cols, ld, i * n, &mut out[i * outs..(i + 1) * outs]);
+                        }
                     }
                 }
-            }
-        });
+                wide.clear();
+            },
+            |_| (),
+        );
         out
     }
 
@@ -336,34 +393,56 @@ impl Call {
         let (ins, outs) = (self.in_per_sample(), self.out_per_sample());
         let weights = w.len();
         let mut dx = vec![T::ZERO; self.batch * ins];
-        let partials = per_sample(self.batch, ins, &mut dx, |samples, dx| {
-            let mut cols = vec![T::ZERO; rows * n];
-            let mut dw = vec![T::ZERO; weights];
-            for (i, b) in samples.enumerate() {
-                let x_b = &x[b * ins..(b + 1) * ins];
-                let g_b = &grad[b * outs..(b + 1) * outs];
-                let dx_b = &mut dx[i * ins..(i + 1) * ins];
-                let first = i == 0;
+        let partials = self.blocks(
+            ins,
+            &mut dx,
+            |first, count, dx, cols, dw| {
+                let ld = count * n;
+                cols.resize(rows * ld, T::ZERO);
+                dw.clear();
+                dw.resize(weights, T::ZERO);
                 match self.kind {
                     ConvKind::Conv { .. } => {
-                        g.im2col(x_b, &mut cols);
-                        // dW (Cout x rows) += g_b (Cout x n) * cols^T (n x rows)
-                        gemm((self.c_out, rows, n), &mut dw, (rows, 1), !first, g_b, (n, 1), &cols, (1, n));
-                        // dcols (rows x n) = W^T (rows x Cout) * g_b (Cout x n); dx_b = col2im(dcols)
-                        gemm((rows, n, self.c_out), &mut cols, (n, 1), false, w, (1, rows), g_b, (n, 1));
-                        g.col2im(&cols, dx_b);
+                        for i in 0..count {
+                            g.im2col(&x[(first + i) * ins..][..ins], cols, ld, i * n);
+                        }
+                        // gw (Cout x count*n): the output gradient side by side.
+                        let mut gw = vec![T::ZERO; self.c_out * ld];
+                        for i in 0..count {
+                            for c in 0..self.c_out {
+                                gw[c * ld + i * n..][..n]
+                                    .copy_from_slice(&grad[((first + i) * self.c_out + c) * n..][..n]);
+                            }
+                        }
+                        // dW (Cout x rows) = gw * cols^T
+                        gemm((self.c_out, rows, ld), dw, (rows, 1), false, &gw, (ld, 1), cols, (1, ld));
+                        // dcols (rows x count*n) = W^T (rows x Cout) * gw; dx = col2im(dcols)
+                        gemm((rows, ld, self.c_out), cols, (ld, 1), false, w, (1, rows), &gw, (ld, 1));
+                        for i in 0..count {
+                            g.col2im(cols, ld, i * n, &mut dx[i * ins..(i + 1) * ins]);
+                        }
                     }
                     ConvKind::Transpose { .. } => {
-                        g.im2col(g_b, &mut cols);
-                        // dx_b (Cin x n) = W (Cin x rows) * cols (rows x n)
-                        gemm((self.c_in, n, rows), dx_b, (n, 1), false, w, (rows, 1), &cols, (n, 1));
-                        // dW (Cin x rows) += x_b (Cin x n) * cols^T (n x rows)
-                        gemm((self.c_in, rows, n), &mut dw, (rows, 1), !first, x_b, (n, 1), &cols, (1, n));
+                        for i in 0..count {
+                            g.im2col(&grad[(first + i) * outs..][..outs], cols, ld, i * n);
+                        }
+                        // tmp (Cin x count*n) = W (Cin x rows) * cols; then per sample (Cin, n).
+                        let mut tmp = vec![T::ZERO; self.c_in * ld];
+                        gemm((self.c_in, ld, rows), &mut tmp, (ld, 1), false, w, (rows, 1), cols, (ld, 1));
+                        let mut xw = vec![T::ZERO; self.c_in * ld];
+                        for i in 0..count {
+                            for c in 0..self.c_in {
+                                dx[(i * self.c_in + c) * n..][..n].copy_from_slice(&tmp[c * ld + i * n..][..n]);
+                                xw[c * ld + i * n..][..n].copy_from_slice(&x[((first + i) * self.c_in + c) * n..][..n]);
+                            }
+                        }
+                        // dW (Cin x rows) = xw (Cin x count*n) * cols^T
+                        gemm((self.c_in, rows, ld), dw, (rows, 1), false, &xw, (ld, 1), cols, (1, ld));
                     }
                 }
-            }
-            dw
-        });
+            },
+            |dw| dw,
+        );
         (dx, sum_in_order(partials))
     }
 }
@@ -558,5 +637,64 @@ mod tests {
         assert_eq!(ours.dims(), &[3, 5, 14, 14]);
         let diff = ours.sub(&theirs).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
         assert!(diff.to_scalar::<f32>().unwrap() < 1e-4);
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+    use candle_core::{Device, Var};
+    use std::time::Instant;
+
+    /// DCGAN layer timings at batch 256:
+    /// `cargo test --release -p sweep-worker conv_layer_times -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn conv_layer_times() {
+        let dev = Device::Cpu;
+        let cases: [(&str, [usize; 4], [usize; 4], ConvKind); 5] = [
+            (
+                "convt 256->128 7x7",
+                [256, 256, 7, 7],
+                [256, 128, 5, 5],
+                ConvKind::Transpose { stride: 1, pad: 2, output_pad: 0 },
+            ),
+            (
+                "convt 128->64 s2",
+                [256, 128, 7, 7],
+                [128, 64, 5, 5],
+                ConvKind::Transpose { stride: 2, pad: 2, output_pad: 1 },
+            ),
+            (
+                "convt 64->1 s2",
+                [256, 64, 14, 14],
+                [64, 1, 5, 5],
+                ConvKind::Transpose { stride: 2, pad: 2, output_pad: 1 },
+            ),
+            ("conv 1->64 s2", [256, 1, 28, 28], [64, 1, 5, 5], ConvKind::Conv { stride: 2, pad: 2 }),
+            ("conv 64->128 s2", [256, 64, 14, 14], [128, 64, 5, 5], ConvKind::Conv { stride: 2, pad: 2 }),
+        ];
+        for (name, xs, ws, kind) in cases {
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, &xs, &dev).unwrap()).unwrap();
+            let w = Var::from_tensor(&Tensor::randn(0f32, 0.1, &ws, &dev).unwrap()).unwrap();
+            let mut fwd = Vec::new();
+            let mut bwd = Vec::new();
+            for _ in 0..3 {
+                let s = Instant::now();
+                let out = x
+                    .as_tensor()
+                    .contiguous()
+                    .unwrap()
+                    .apply_op2(&w.as_tensor().contiguous().unwrap(), ConvOp(kind))
+                    .unwrap();
+                fwd.push(s.elapsed().as_secs_f64() * 1e3);
+                let s = Instant::now();
+                let _ = out.sum_all().unwrap().backward().unwrap();
+                bwd.push(s.elapsed().as_secs_f64() * 1e3);
+            }
+            fwd.sort_by(f64::total_cmp);
+            bwd.sort_by(f64::total_cmp);
+            println!("{name}: fwd {:.1} ms bwd {:.1} ms", fwd[1], bwd[1]);
+        }
     }
 }
