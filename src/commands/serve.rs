@@ -48,8 +48,9 @@ pub struct DataArgs {
     /// Where jobs cache tokenized data and embeddings.
     #[arg(long, env = "SWEEP_CACHE_DIR", default_value = "sweep-cache")]
     pub cache_dir: PathBuf,
-    /// Never download data or models (also HF_HUB_OFFLINE=1).
-    #[arg(long, env = "SWEEP_OFFLINE")]
+    /// Never download data or models (also HF_HUB_OFFLINE=1). The variable takes 1/0 as well as
+    /// true/false: `to_env` hands it to child workers as 1.
+    #[arg(long, env = "SWEEP_OFFLINE", value_parser = clap::builder::BoolishValueParser::new())]
     pub offline: bool,
 }
 

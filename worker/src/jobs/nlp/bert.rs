@@ -235,25 +235,19 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     dot / (norm(a) * norm(b)).max(f32::MIN_POSITIVE)
 }
 
-/// Model paths for tests: `SWEEP_MODELS_DIR`, or `../shared/models` next to the project as in CI;
-/// offline, with a fresh cache directory.
+/// The shared test paths ([`crate::data::test_paths`]) with a fresh cache directory, removed when
+/// the returned guard drops: these tests count what they embed and reuse.
 #[cfg(test)]
-pub(crate) fn test_paths() -> DataPaths {
-    let mut paths = DataPaths::from_env();
-    if std::env::var_os("SWEEP_MODELS_DIR").is_none() {
-        paths.models_dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/models"));
-    }
-    if std::env::var_os("SWEEP_DATA_DIR").is_none() {
-        paths.data_dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data"));
-    }
-    paths.offline = true;
-    paths.cache_dir = tempfile::tempdir().expect("temp dir").keep();
+pub(crate) fn fresh_test_paths() -> (DataPaths, tempfile::TempDir) {
+    let mut paths = crate::data::test_paths();
+    let cache = tempfile::tempdir().expect("temp dir");
+    paths.cache_dir = cache.path().to_path_buf();
     assert!(
         paths.models_dir.join(WEIGHTS.local).is_file(),
         "all-MiniLM-L6-v2 not found under {}: set SWEEP_MODELS_DIR",
         paths.models_dir.display()
     );
-    paths
+    (paths, cache)
 }
 
 #[cfg(test)]
@@ -261,7 +255,7 @@ mod tests {
     use super::*;
 
     fn encoder() -> SentenceEncoder {
-        SentenceEncoder::load(&test_paths(), &Device::Cpu).expect("load all-MiniLM-L6-v2")
+        SentenceEncoder::load(&fresh_test_paths().0, &Device::Cpu).expect("load all-MiniLM-L6-v2")
     }
 
     fn rows(t: &Tensor) -> Vec<Vec<f32>> {
