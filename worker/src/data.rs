@@ -3,8 +3,8 @@
 //! A file is looked up in a local directory first (`--data-dir` / `SWEEP_DATA_DIR` for data sets,
 //! `--models-dir` / `SWEEP_MODELS_DIR` for models); tests and CI point these at `../shared`. When it
 //! is not there and downloads are allowed (`SWEEP_OFFLINE` and `HF_HUB_OFFLINE` unset), the same
-//! file comes from the Hugging Face Hub into `<cache-dir>/hub`, and is checked against its sha256
-//! where one is known. Otherwise the error names the directory it looked in, the flag and variable
+//! file comes from the Hugging Face Hub or a public mirror into `<cache-dir>/hub`, and is checked
+//! against its sha256 where one is known (MNIST checks its own, on the decompressed bytes). Otherwise the error names the directory it looked in, the flag and variable
 //! that move it, and the download that was refused or failed.
 //!
 //! Derived data (tokenized text, embeddings) goes to `--cache-dir` / `SWEEP_CACHE_DIR`, never next
@@ -49,23 +49,36 @@ impl DataError {
     }
 }
 
-/// Hub repository kind.
+/// Where a missing file can be downloaded from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HubRepo {
-    Dataset(&'static str),
-    Model(&'static str),
+pub enum Source {
+    /// A file of a Hugging Face Hub dataset repository.
+    HubDataset { repo: &'static str, path: &'static str },
+    /// A file of a Hugging Face Hub model repository (kept under the models directory).
+    HubModel { repo: &'static str, path: &'static str },
+    /// A plain HTTPS address (a public mirror).
+    Url(&'static str),
 }
 
-/// A file a job needs: where it sits locally and where the Hub keeps the same file.
+impl Source {
+    fn describe(&self) -> String {
+        match self {
+            Source::HubDataset { repo, .. } | Source::HubModel { repo, .. } => {
+                format!("the Hugging Face Hub ({repo})")
+            }
+            Source::Url(url) => (*url).to_string(),
+        }
+    }
+}
+
+/// A file a job needs: where it sits locally and where the same file can be downloaded.
 #[derive(Debug, Clone, Copy)]
 pub struct DataFile {
     /// What it is, for messages ("IMDB train split").
     pub what: &'static str,
     /// Path under the data or models directory.
     pub local: &'static str,
-    pub repo: HubRepo,
-    /// Path inside the Hub repository.
-    pub remote: &'static str,
+    pub source: Source,
     /// Checked on download when known.
     pub sha256: Option<&'static str>,
 }
@@ -93,9 +106,9 @@ impl DataPaths {
 
     /// The local path of `file`, downloading it first when it is missing and downloads are allowed.
     pub fn locate(&self, file: &DataFile) -> Result<PathBuf, DataError> {
-        let (root, flag, env) = match file.repo {
-            HubRepo::Dataset(_) => (&self.data_dir, "--data-dir", "SWEEP_DATA_DIR"),
-            HubRepo::Model(_) => (&self.models_dir, "--models-dir", "SWEEP_MODELS_DIR"),
+        let (root, flag, env) = match file.source {
+            Source::HubModel { .. } => (&self.models_dir, "--models-dir", "SWEEP_MODELS_DIR"),
+            Source::HubDataset { .. } | Source::Url(_) => (&self.data_dir, "--data-dir", "SWEEP_DATA_DIR"),
         };
         let local = root.join(file.local);
         if local.is_file() {
@@ -108,34 +121,49 @@ impl DataPaths {
         };
         match download {
             Ok(path) => Ok(path),
-            Err(download) => {
-                let repo = match file.repo {
-                    HubRepo::Dataset(r) | HubRepo::Model(r) => r,
-                };
-                Err(DataError::Missing(format!(
-                    "{} not found at {}; point {flag} (or {env}) at a directory that holds {}, or allow the \
-                     download from the Hugging Face Hub ({repo}): {download}",
-                    file.what,
-                    local.display(),
-                    file.local
-                )))
-            }
+            Err(download) => Err(DataError::Missing(format!(
+                "{} not found at {}; point {flag} (or {env}) at a directory that holds {}, or allow the download \
+                 from {}: {download}",
+                file.what,
+                local.display(),
+                file.local,
+                file.source.describe()
+            ))),
         }
     }
 
     fn download(&self, file: &DataFile) -> Result<PathBuf, String> {
         let hub = self.cache("hub").map_err(|e| e.to_string())?;
-        let api = hf_hub::api::sync::ApiBuilder::new()
-            .with_cache_dir(hub)
-            .with_progress(false)
-            .build()
-            .map_err(|e| format!("cannot set up the Hub client: {e}"))?;
-        let repo = match file.repo {
-            HubRepo::Dataset(id) => hf_hub::Repo::new(id.to_string(), hf_hub::RepoType::Dataset),
-            HubRepo::Model(id) => hf_hub::Repo::new(id.to_string(), hf_hub::RepoType::Model),
+        tracing::info!(file = file.local, from = %file.source.describe(), "downloading");
+        let path = match file.source {
+            Source::HubDataset { repo, path } | Source::HubModel { repo, path } => {
+                let api = hf_hub::api::sync::ApiBuilder::new()
+                    .with_cache_dir(hub)
+                    .with_progress(false)
+                    .build()
+                    .map_err(|e| format!("cannot set up the Hub client: {e}"))?;
+                let kind = if matches!(file.source, Source::HubModel { .. }) {
+                    hf_hub::RepoType::Model
+                } else {
+                    hf_hub::RepoType::Dataset
+                };
+                api.repo(hf_hub::Repo::new(repo.to_string(), kind))
+                    .get(path)
+                    .map_err(|e| format!("download of {path} failed: {e}"))?
+            }
+            Source::Url(url) => {
+                let target = hub.join(file.local);
+                if let Some(dir) = target.parent() {
+                    std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e).to_string())?;
+                }
+                let response = ureq::get(url).call().map_err(|e| format!("download of {url} failed: {e}"))?;
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut response.into_reader(), &mut bytes)
+                    .map_err(|e| format!("download of {url} broke off: {e}"))?;
+                write_atomic(&target, &bytes).map_err(|e| e.to_string())?;
+                target
+            }
         };
-        tracing::info!(file = file.remote, "downloading from the Hugging Face Hub");
-        let path = api.repo(repo).get(file.remote).map_err(|e| format!("download of {} failed: {e}", file.remote))?;
         if let Some(expected) = file.sha256 {
             let found = sha256_file(&path).map_err(|e| e.to_string())?;
             if found != expected {
@@ -191,8 +219,7 @@ mod tests {
     const MISSING: DataFile = DataFile {
         what: "test file",
         local: "nothing/here.parquet",
-        repo: HubRepo::Dataset("someone/nothing"),
-        remote: "here.parquet",
+        source: Source::HubDataset { repo: "someone/nothing", path: "here.parquet" },
         sha256: None,
     };
 

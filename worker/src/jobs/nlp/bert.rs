@@ -25,7 +25,7 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config, DTYPE};
 use tokenizers::{Tokenizer, TruncationParams};
 
-use crate::data::{DataError, DataFile, DataPaths, HubRepo};
+use crate::data::{DataError, DataFile, DataPaths, Source};
 
 /// The Hub repository the encoder's files come from.
 pub const REPO: &str = "sentence-transformers/all-MiniLM-L6-v2";
@@ -36,24 +36,21 @@ pub const WEIGHTS_SHA256: &str = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114
 pub const CONFIG: DataFile = DataFile {
     what: "all-MiniLM-L6-v2 config",
     local: "all-MiniLM-L6-v2/config.json",
-    repo: HubRepo::Model(REPO),
-    remote: "config.json",
+    source: Source::HubModel { repo: REPO, path: "config.json" },
     sha256: None,
 };
 
 pub const TOKENIZER: DataFile = DataFile {
     what: "all-MiniLM-L6-v2 tokenizer",
     local: "all-MiniLM-L6-v2/tokenizer.json",
-    repo: HubRepo::Model(REPO),
-    remote: "tokenizer.json",
+    source: Source::HubModel { repo: REPO, path: "tokenizer.json" },
     sha256: None,
 };
 
 pub const WEIGHTS: DataFile = DataFile {
     what: "all-MiniLM-L6-v2 weights",
     local: "all-MiniLM-L6-v2/model.safetensors",
-    repo: HubRepo::Model(REPO),
-    remote: "model.safetensors",
+    source: Source::HubModel { repo: REPO, path: "model.safetensors" },
     sha256: Some(WEIGHTS_SHA256),
 };
 

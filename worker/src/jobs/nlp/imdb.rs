@@ -21,7 +21,7 @@ use safetensors::tensor::{Dtype, TensorView};
 use sha2::{Digest, Sha256};
 
 use super::text::{pad_pre, Tokenizer};
-use crate::data::{sha256_file, write_atomic, DataError, DataFile, DataPaths, HubRepo};
+use crate::data::{sha256_file, write_atomic, DataError, DataFile, DataPaths, Source};
 
 /// Bump when tokenization changes, so old caches are not reused.
 pub const CACHE_VERSION: u32 = 1;
@@ -29,16 +29,14 @@ pub const CACHE_VERSION: u32 = 1;
 pub const TRAIN: DataFile = DataFile {
     what: "IMDB train split",
     local: "imdb/plain_text/train-00000-of-00001.parquet",
-    repo: HubRepo::Dataset("stanfordnlp/imdb"),
-    remote: "plain_text/train-00000-of-00001.parquet",
+    source: Source::HubDataset { repo: "stanfordnlp/imdb", path: "plain_text/train-00000-of-00001.parquet" },
     sha256: None,
 };
 
 pub const TEST: DataFile = DataFile {
     what: "IMDB test split",
     local: "imdb/plain_text/test-00000-of-00001.parquet",
-    repo: HubRepo::Dataset("stanfordnlp/imdb"),
-    remote: "plain_text/test-00000-of-00001.parquet",
+    source: Source::HubDataset { repo: "stanfordnlp/imdb", path: "plain_text/test-00000-of-00001.parquet" },
     sha256: None,
 };
 
