@@ -10,6 +10,7 @@
 //! checkpoint at each natural boundary through [`JobContext::boundary`].
 
 pub mod gan;
+pub(crate) mod gemm;
 pub mod nlp;
 pub mod rl;
 pub(crate) mod rng;

@@ -121,51 +121,19 @@ impl Geometry {
     }
 }
 
-/// `dst (m x n) = [dst +] lhs (m x k) * rhs (k x n)`, operands given by (row, column) strides.
+/// The shared gemm entry with this type's one and zero.
 #[allow(clippy::too_many_arguments)]
 fn gemm<T: Float>(
-    (m, n, k): (usize, usize, usize),
+    mnk: (usize, usize, usize),
     dst: &mut [T],
-    (dst_rs, dst_cs): (usize, usize),
+    dst_strides: (usize, usize),
     accumulate: bool,
     lhs: &[T],
-    (lhs_rs, lhs_cs): (usize, usize),
+    lhs_strides: (usize, usize),
     rhs: &[T],
-    (rhs_rs, rhs_cs): (usize, usize),
+    rhs_strides: (usize, usize),
 ) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    let last = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols.max(1) - 1) * cs;
-    assert!(last(m, n, dst_rs, dst_cs) < dst.len(), "gemm dst out of bounds");
-    if k > 0 {
-        assert!(last(m, k, lhs_rs, lhs_cs) < lhs.len(), "gemm lhs out of bounds");
-        assert!(last(k, n, rhs_rs, rhs_cs) < rhs.len(), "gemm rhs out of bounds");
-    }
-    // SAFETY: the asserts keep every access inside the slices; `dst` is a unique borrow.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            dst_cs as isize,
-            dst_rs as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            if accumulate { T::ONE } else { T::ZERO },
-            T::ONE,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
+    crate::jobs::gemm::gemm(mnk, dst, dst_strides, accumulate, lhs, lhs_strides, rhs, rhs_strides, T::ONE, T::ZERO);
 }
 
 /// Contiguous runs of samples, one per thread.

@@ -45,7 +45,7 @@ use sweep_shared::params::{JobSchema, ParamKind, ParamSpec, ParamValue, Params};
 use super::bert::{EncoderError, SentenceEncoder};
 use super::imdb;
 use super::imdb_embed::{Embedded, EmbeddingCache, Split};
-use super::models::{bce_with_logits, correct, NamedWeights};
+use super::models::{bce_with_logits, correct, host_weights, set_weight, NamedWeights};
 use super::optim::{Optimizer, OptimizerKind};
 use crate::data::DataPaths;
 use crate::jobs::rng::RngState;
@@ -292,21 +292,12 @@ impl Head {
 
     /// Weights as host f32 vectors by name, for checkpoints.
     pub fn weights(&self) -> candle_core::Result<NamedWeights> {
-        self.vars
-            .iter()
-            .map(|(name, var)| {
-                Ok((name.clone(), var.dims().to_vec(), var.as_tensor().flatten_all()?.to_vec1::<f32>()?))
-            })
-            .collect()
+        host_weights(&self.vars)
     }
 
     /// Replaces one variable's values; the shape must match.
     pub fn set(&self, name: &str, shape: &[usize], data: Vec<f32>) -> candle_core::Result<()> {
-        let var = self.vars.get(name).ok_or_else(|| candle_core::Error::Msg(format!("no variable {name}")))?;
-        if var.dims() != shape {
-            candle_core::bail!("variable {name}: checkpoint shape {shape:?}, head shape {:?}", var.dims());
-        }
-        var.set(&Tensor::from_vec(data, shape, var.device())?)
+        set_weight(&self.vars, name, shape, data)
     }
 }
 

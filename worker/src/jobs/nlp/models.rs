@@ -188,22 +188,34 @@ impl SentimentModel {
 
     /// Weights as host f32 vectors by name, for checkpoints.
     pub fn weights(&self) -> candle_core::Result<NamedWeights> {
-        self.vars
-            .iter()
-            .map(|(name, var)| {
-                Ok((name.clone(), var.dims().to_vec(), var.as_tensor().flatten_all()?.to_vec1::<f32>()?))
-            })
-            .collect()
+        host_weights(&self.vars)
     }
 
     /// Replaces one variable's values; the shape must match.
     pub fn set(&self, name: &str, shape: &[usize], data: Vec<f32>) -> candle_core::Result<()> {
-        let var = self.vars.get(name).ok_or_else(|| candle_core::Error::Msg(format!("no variable {name}")))?;
-        if var.dims() != shape {
-            candle_core::bail!("variable {name}: checkpoint shape {shape:?}, model shape {:?}", var.dims());
-        }
-        var.set(&Tensor::from_vec(data, shape, var.device())?)
+        set_weight(&self.vars, name, shape, data)
     }
+}
+
+/// Named variables as host f32 vectors, for checkpoints.
+pub fn host_weights(vars: &BTreeMap<String, Var>) -> candle_core::Result<NamedWeights> {
+    vars.iter()
+        .map(|(name, var)| Ok((name.clone(), var.dims().to_vec(), var.as_tensor().flatten_all()?.to_vec1::<f32>()?)))
+        .collect()
+}
+
+/// Replaces one named variable's values; the shape must match.
+pub fn set_weight(
+    vars: &BTreeMap<String, Var>,
+    name: &str,
+    shape: &[usize],
+    data: Vec<f32>,
+) -> candle_core::Result<()> {
+    let var = vars.get(name).ok_or_else(|| candle_core::Error::Msg(format!("no variable {name}")))?;
+    if var.dims() != shape {
+        candle_core::bail!("variable {name}: checkpoint shape {shape:?}, model shape {:?}", var.dims());
+    }
+    var.set(&Tensor::from_vec(data, shape, var.device())?)
 }
 
 fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
