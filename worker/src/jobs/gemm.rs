@@ -1,6 +1,16 @@
-//! One checked entry to the `gemm` crate for the custom candle ops (recurrent layers,
-//! convolutions): slices and strides in, bounds asserted, single-threaded (the ops split their work
-//! over threads themselves).
+//! What the custom candle ops (recurrent layers, convolutions, the bag sum) share: one checked
+//! entry to the `gemm` crate (slices and strides in, bounds asserted, single-threaded: the ops
+//! split their work over threads themselves) and the view of a contiguous tensor's storage.
+
+use candle_core::Layout;
+
+/// The part of a storage slice a contiguous layout covers; `what` names the tensor in the error.
+pub(crate) fn contiguous<'a, T>(data: &'a [T], layout: &Layout, what: &str) -> candle_core::Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{what} must be contiguous"),
+    }
+}
 
 /// `dst (m x n) = [dst +] lhs (m x k) * rhs (k x n)`, each given by its row and column strides.
 #[allow(clippy::too_many_arguments)]

@@ -24,6 +24,8 @@
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Storage, Tensor};
 
+use crate::jobs::gemm::contiguous;
+
 /// A float type the kernels run in.
 pub trait Float: Copy + Send + Sync + 'static + std::ops::Add<Output = Self> {
     const ZERO: Self;
@@ -418,13 +420,6 @@ impl Call {
 /// The candle op of one layer; see the module header.
 #[derive(Debug, Clone, Copy)]
 pub struct ConvOp(pub ConvKind);
-
-fn contiguous<'a, T>(data: &'a [T], layout: &Layout, what: &str) -> candle_core::Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("conv: {what} must be contiguous"),
-    }
-}
 
 impl CustomOp2 for ConvOp {
     fn name(&self) -> &'static str {

@@ -8,15 +8,10 @@
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Storage, Tensor};
 
+use crate::jobs::gemm::contiguous;
+
 /// `out[b] = sum over l with ids[b, l] != 0 of kernel[ids[b, l]]`.
 pub struct BagSum;
-
-fn contiguous<'a, T>(data: &'a [T], layout: &Layout, what: &str) -> candle_core::Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("bag sum: {what} must be contiguous"),
-    }
-}
 
 fn dims(kernel: &Layout, ids: &Layout) -> candle_core::Result<(usize, usize, usize, usize)> {
     match (kernel.dims(), ids.dims()) {

@@ -30,7 +30,7 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Storage, Tensor, D};
 
-use crate::jobs::gemm::gemm;
+use crate::jobs::gemm::{contiguous, gemm};
 
 /// Which recurrent cell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -626,13 +626,6 @@ fn backward_all<T: Kernels>(
         dbias.iter_mut().zip(pb).for_each(|(a, b)| *a = *a + *b);
     }
     (dx, dw, dbias)
-}
-
-fn contiguous<'a, T>(data: &'a [T], layout: &Layout, what: &str) -> candle_core::Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("recurrence: {what} must be contiguous"),
-    }
 }
 
 impl RecurrenceOp {
