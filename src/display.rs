@@ -95,6 +95,10 @@ pub fn trials_table(trials: &[TrialInfo]) -> Table {
     let mut header = vec!["trial"];
     header.extend(keys.iter().map(String::as_str));
     header.extend(["seed", "status", "attempts", "resumed at", "objective", "seconds", "error / last event"]);
+    let with_artifacts = trials.iter().any(|t| !t.artifacts.is_empty());
+    if with_artifacts {
+        header.push("latest artifact");
+    }
     let mut t = table(header);
     for (trial, params) in trials.iter().zip(&sets) {
         let mut row = vec![trial.trial_id.clone()];
@@ -111,6 +115,11 @@ pub fn trials_table(trials: &[TrialInfo]) -> Table {
                 .take(80)
                 .collect(),
         ]);
+        if with_artifacts {
+            // The newest by step (ties: the last name), e.g. the last epoch's sample grid.
+            let latest = trial.artifacts.iter().max_by_key(|a| a.step);
+            row.push(latest.map(|a| a.path.clone()).unwrap_or_else(|| "-".into()));
+        }
         t.add_row(row);
     }
     t

@@ -139,3 +139,41 @@ async fn same_seed_gives_identical_metrics_across_workers() {
     let trials_b = trials(&mut client, &b).await;
     assert_eq!(series(&dir_a, &trials_a), series(&dir_b, &trials_b));
 }
+
+/// Artifacts a job stores reach the coordinator over gRPC, land next to the sweep's output and
+/// are listed with their trial; a later file of the same name would replace, not duplicate, one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artifacts_are_stored_and_listed_with_their_trial() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = Coordinator::start(dir.path(), &[]);
+    let _w = Worker::start(&coordinator.url, dir.path(), "worker-a", &[]);
+    let mut client = client(&coordinator.url).await;
+    let spec = r#"
+name: e2e-artifacts
+job:
+  kind: quadratic
+  steps: 6
+  artifact_every: 2
+method: grid
+metric:
+  name: loss
+  goal: minimize
+parameters:
+  x:
+    values: [0.0, 1.0]
+"#;
+    let sweep = submit(&mut client, spec).await;
+    let status = wait_finished(&mut client, &sweep, Duration::from_secs(60)).await;
+    assert_eq!((status.completed, status.failed), (2, 0), "{status:?}");
+    for trial in trials(&mut client, &sweep).await {
+        let listed: Vec<(String, u64)> = trial.artifacts.iter().map(|a| (a.name.clone(), a.step)).collect();
+        assert_eq!(listed, vec![("step-2.txt".into(), 2), ("step-4.txt".into(), 4), ("step-6.txt".into(), 6)]);
+        for a in &trial.artifacts {
+            let path = std::path::Path::new(&a.path);
+            assert!(path.starts_with(&status.output_dir), "{} lies under {}", a.path, status.output_dir);
+            let text = std::fs::read_to_string(path).unwrap();
+            assert!(text.starts_with(&format!("step {} loss ", a.step)), "{text}");
+            assert_eq!(a.bytes, text.len() as u64);
+        }
+    }
+}

@@ -30,7 +30,8 @@ use crate::parquet::trials::{trials_path, write_trials};
 use crate::scheduler::{trials_to_assign, WorkerCapacity};
 use crate::stats::{summarize_configs, ConfigStats};
 use crate::store::{
-    self, CheckpointRow, NewPoint, NewTrial, StatusCounts, Store, SweepRow, TrialRow, TrialStatus, WorkerRow,
+    self, ArtifactRow, CheckpointRow, NewPoint, NewTrial, StatusCounts, Store, SweepRow, TrialRow, TrialStatus,
+    WorkerRow,
 };
 
 /// How many pending trials the scheduler looks at per lease asked for (at least 64): enough for
@@ -96,6 +97,13 @@ pub struct StoredCheckpoint {
     pub sha256: String,
     pub bytes: u64,
     pub store_key: String,
+}
+
+/// A trial as `ListTrials` shows it: its row, what happened to it, the files it produced.
+pub struct TrialDetail {
+    pub row: TrialRow,
+    pub events: Vec<String>,
+    pub artifacts: Vec<ArtifactRow>,
 }
 
 /// A sweep's progress.
@@ -370,18 +378,23 @@ impl Core {
         store::trials_of_sweep(self.store.conn(), sweep_id)
     }
 
-    /// The sweep's trials with their recorded events.
-    pub fn trials_with_events(&self, sweep_id: &SweepId) -> Result<Vec<(TrialRow, Vec<String>)>> {
+    /// The sweep's trials with their recorded events and artifacts.
+    pub fn trial_details(&self, sweep_id: &SweepId) -> Result<Vec<TrialDetail>> {
         let trials = self.trials(sweep_id)?;
         let mut events: HashMap<String, Vec<String>> = HashMap::new();
         for (trial, event) in store::sweep_events(self.store.conn(), sweep_id)? {
             events.entry(trial).or_default().push(event);
         }
+        let mut artifacts: HashMap<String, Vec<ArtifactRow>> = HashMap::new();
+        for artifact in store::sweep_artifacts(self.store.conn(), sweep_id)? {
+            artifacts.entry(artifact.trial_id.0.clone()).or_default().push(artifact);
+        }
         Ok(trials
             .into_iter()
-            .map(|t| {
-                let e = events.remove(t.trial_id.as_str()).unwrap_or_default();
-                (t, e)
+            .map(|row| TrialDetail {
+                events: events.remove(row.trial_id.as_str()).unwrap_or_default(),
+                artifacts: artifacts.remove(row.trial_id.as_str()).unwrap_or_default(),
+                row,
             })
             .collect())
     }
@@ -654,6 +667,33 @@ impl Core {
     /// The attempt of the trial's current lease, if `epoch` is it (checked before an upload).
     pub fn lease_attempt(&self, trial_id: &TrialId, epoch: LeaseEpoch) -> Result<u32> {
         Ok(self.fenced_trial(trial_id, epoch)?.attempt)
+    }
+
+    /// Where an artifact of a leased trial goes: `<out>/<sweep>/artifacts/<trial>/<name>`, and the
+    /// lease's attempt (the upload must name it).
+    pub fn artifact_path(&self, trial_id: &TrialId, epoch: LeaseEpoch, name: &str) -> Result<(PathBuf, u32)> {
+        if !limits::valid_artifact_name(name) {
+            return Err(CoordinatorError::InvalidRequest(format!(
+                "artifact name '{}' is not a plain file name (letters, digits, '.', '_', '-'; at most {} characters)",
+                name.escape_debug(),
+                limits::MAX_ARTIFACT_NAME
+            )));
+        }
+        let trial = self.fenced_trial(trial_id, epoch)?;
+        let dir = crate::parquet::sweep_dir(&self.config.out_dir, trial.sweep_id.as_str()).join("artifacts");
+        Ok((dir.join(trial_id.as_str()).join(name), trial.attempt))
+    }
+
+    /// Records an artifact whose file the service has put in place (still under the same lease).
+    pub fn record_artifact(&mut self, epoch: LeaseEpoch, artifact: ArtifactRow) -> Result<()> {
+        let trial = self.fenced_trial(&artifact.trial_id, epoch)?;
+        if artifact.attempt != trial.attempt {
+            return Err(CoordinatorError::InvalidRequest(format!(
+                "artifact of trial {} names attempt {}, the lease is attempt {}",
+                trial.trial_id, artifact.attempt, trial.attempt
+            )));
+        }
+        store::upsert_artifact(self.store.conn(), &artifact, now_ms())
     }
 
     pub fn checkpoint_store(&self) -> Arc<dyn CheckpointStore> {

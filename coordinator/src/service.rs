@@ -11,12 +11,12 @@ use sweep_shared::ids::{LeaseEpoch, SweepId, TrialId, WorkerId};
 use sweep_shared::limits;
 use sweep_shared::proto::{
     self, metric_ack, sweep_service_server::SweepService, worker_service_server::WorkerService, AcquireRequest,
-    AcquireResponse, BadCheckpointRequest, BadCheckpointResponse, BestRequest, BestResponse, CancelRequest,
-    CancelResponse, CheckpointChunk, CheckpointInfo, CheckpointReceipt, CompleteRequest, CompleteResponse,
-    ExportRequest, ExportResponse, FailRequest, FailResponse, FetchCheckpointRequest, HeartbeatRequest,
-    HeartbeatResponse, LeaseRef, ListSweepsRequest, ListSweepsResponse, ListTrialsRequest, ListTrialsResponse,
-    MetricAck, MetricBatch, RegisterRequest, RegisterResponse, ReleaseRequest, ReleaseResponse, StatusRequest,
-    SubmitRequest, SubmitResponse, SweepStatus, TrialInfo, TrialLease,
+    AcquireResponse, ArtifactInfo, ArtifactReceipt, ArtifactUpload, BadCheckpointRequest, BadCheckpointResponse,
+    BestRequest, BestResponse, CancelRequest, CancelResponse, CheckpointChunk, CheckpointInfo, CheckpointReceipt,
+    CompleteRequest, CompleteResponse, ExportRequest, ExportResponse, FailRequest, FailResponse,
+    FetchCheckpointRequest, HeartbeatRequest, HeartbeatResponse, LeaseRef, ListSweepsRequest, ListSweepsResponse,
+    ListTrialsRequest, ListTrialsResponse, MetricAck, MetricBatch, RegisterRequest, RegisterResponse, ReleaseRequest,
+    ReleaseResponse, StatusRequest, SubmitRequest, SubmitResponse, SweepStatus, TrialInfo, TrialLease,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -25,10 +25,10 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
 
-use crate::core::{BatchOutcome, IncomingBatch, IncomingPoint, StoredCheckpoint, SweepProgress};
+use crate::core::{BatchOutcome, IncomingBatch, IncomingPoint, StoredCheckpoint, SweepProgress, TrialDetail};
 use crate::error::CoordinatorError;
 use crate::handle::CoordinatorHandle;
-use crate::store::CheckpointRow;
+use crate::store::{ArtifactRow, CheckpointRow};
 
 /// Longest an acquire call waits for work.
 const MAX_ACQUIRE_WAIT: Duration = Duration::from_secs(30);
@@ -325,6 +325,42 @@ impl WorkerService for Service {
         Ok(Response::new(CheckpointReceipt { step: info.step, kept }))
     }
 
+    async fn upload_artifact(&self, request: Request<ArtifactUpload>) -> Result<Response<ArtifactReceipt>, Status> {
+        let req = request.into_inner();
+        id_field(&req.trial_id, "trial_id")?;
+        if req.data.len() > limits::MAX_ARTIFACT_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "artifact '{}' of {} bytes exceeds the limit of {}",
+                printable(&req.name, 200),
+                req.data.len(),
+                limits::MAX_ARTIFACT_BYTES
+            )));
+        }
+        if req.step > i64::MAX as u64 {
+            return Err(Status::invalid_argument("artifact step is too large"));
+        }
+        let trial_id = TrialId(req.trial_id.clone());
+        let epoch = LeaseEpoch(req.epoch);
+        let (fenced, name) = (trial_id.clone(), req.name.clone());
+        let (path, attempt) = self.handle.call(move |core| core.artifact_path(&fenced, epoch, &name)).await?;
+        if attempt != req.attempt {
+            return Err(Status::failed_precondition(format!(
+                "artifact names attempt {}, the lease is attempt {attempt}",
+                req.attempt
+            )));
+        }
+        let bytes = req.data.len() as u64;
+        let dest = path.clone();
+        tokio::task::spawn_blocking(move || write_file_atomically(&dest, &req.data))
+            .await
+            .map_err(|e| Status::internal(format!("storing artifact: {e}")))?
+            .map_err(|e| Status::internal(format!("storing artifact {}: {e}", path.display())))?;
+        let row =
+            ArtifactRow { trial_id, name: req.name, step: req.step, attempt, path: path.display().to_string(), bytes };
+        self.handle.call(move |core| core.record_artifact(epoch, row)).await?;
+        Ok(Response::new(ArtifactReceipt { path: path.display().to_string() }))
+    }
+
     type FetchCheckpointStream = ChunkStream;
 
     async fn fetch_checkpoint(
@@ -477,11 +513,11 @@ impl SweepService for Service {
         let req = request.into_inner();
         id_field(&req.sweep_id, "sweep_id")?;
         let sweep_id = SweepId(req.sweep_id);
-        let trials = self.handle.call(move |core| core.trials_with_events(&sweep_id)).await?;
+        let trials = self.handle.call(move |core| core.trial_details(&sweep_id)).await?;
         Ok(Response::new(ListTrialsResponse {
             trials: trials
                 .into_iter()
-                .map(|(t, events)| TrialInfo {
+                .map(|TrialDetail { row: t, events, artifacts }| TrialInfo {
                     trial_id: t.trial_id.0,
                     config_id: t.config_id,
                     params_json: t.params_json,
@@ -495,6 +531,10 @@ impl SweepService for Service {
                     handbacks: t.handbacks,
                     resumed_from: t.resumed_from.unwrap_or(0),
                     events,
+                    artifacts: artifacts
+                        .into_iter()
+                        .map(|a| ArtifactInfo { name: a.name, step: a.step, path: a.path, bytes: a.bytes })
+                        .collect(),
                 })
                 .collect(),
         }))
@@ -544,4 +584,17 @@ impl SweepService for Service {
             metric_rows: out.metric_rows,
         }))
     }
+}
+
+/// Writes `data` to `path` through a temp file in the same directory and a rename, so a reader
+/// sees the old file or the new one, never a part.
+fn write_file_atomically(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().ok_or_else(|| std::io::Error::other("artifact path has no directory"))?;
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{}.tmp", uuid::Uuid::new_v4()));
+    let written = std::fs::write(&tmp, data).and_then(|_| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }

@@ -157,6 +157,17 @@ CREATE TABLE IF NOT EXISTS events (
     kind     TEXT NOT NULL,
     message  TEXT NOT NULL
 );
+-- Files trials produced (sample grids...); the file lives at `path`, one row per trial and name.
+CREATE TABLE IF NOT EXISTS artifacts (
+    trial_id   TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    step       INTEGER NOT NULL,
+    attempt    INTEGER NOT NULL,
+    path       TEXT NOT NULL,
+    bytes      INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY (trial_id, name)
+);
 CREATE TABLE IF NOT EXISTS metric_parts (
     sweep_id   TEXT NOT NULL,
     file_name  TEXT NOT NULL,
@@ -849,6 +860,56 @@ pub fn sweep_events(conn: &Connection, sweep_id: &SweepId) -> Result<Vec<(String
     )?;
     let rows =
         stmt.query_map([sweep_id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// A stored artifact of a trial.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArtifactRow {
+    pub trial_id: TrialId,
+    pub name: String,
+    pub step: u64,
+    pub attempt: u32,
+    pub path: String,
+    pub bytes: u64,
+}
+
+/// Records (or replaces: same trial and name) an artifact whose file is already in place.
+pub fn upsert_artifact(conn: &Connection, artifact: &ArtifactRow, now_ms: i64) -> Result<()> {
+    conn.execute(
+        "INSERT OR REPLACE INTO artifacts(trial_id, name, step, attempt, path, bytes, created_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            artifact.trial_id.as_str(),
+            artifact.name,
+            artifact.step as i64,
+            artifact.attempt,
+            artifact.path,
+            artifact.bytes as i64,
+            now_ms
+        ],
+    )?;
+    Ok(())
+}
+
+/// Every artifact of a sweep's trials, by trial, in step then name order.
+pub fn sweep_artifacts(conn: &Connection, sweep_id: &SweepId) -> Result<Vec<ArtifactRow>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT a.trial_id, a.name, a.step, a.attempt, a.path, a.bytes FROM artifacts a JOIN trials t USING (trial_id)
+         WHERE t.sweep_id = ?1 ORDER BY a.trial_id, a.step, a.name",
+    )?;
+    let rows = stmt
+        .query_map([sweep_id.as_str()], |r| {
+            Ok(ArtifactRow {
+                trial_id: TrialId(r.get(0)?),
+                name: r.get(1)?,
+                step: r.get::<_, i64>(2)? as u64,
+                attempt: r.get(3)?,
+                path: r.get(4)?,
+                bytes: r.get::<_, i64>(5)? as u64,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(rows)
 }
 

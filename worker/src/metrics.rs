@@ -13,12 +13,14 @@
 //! 4. A stale-epoch ack means the lease is gone: the stream stops and the trial is dropped.
 //! 5. A checkpoint queued behind points waits until every batch before it is stored, then is
 //!    uploaded (see [`crate::checkpoints`]); points after it wait for the upload.
+//! 6. An artifact (a sample grid) is uploaded when it arrives; a refused one is logged and
+//!    skipped, the trial goes on.
 
 use std::collections::VecDeque;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sweep_shared::ids::{LeaseEpoch, TrialId};
-use sweep_shared::proto::{metric_ack, MetricAck, MetricBatch, MetricPoint};
+use sweep_shared::proto::{metric_ack, ArtifactUpload, MetricAck, MetricBatch, MetricPoint};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -40,7 +42,16 @@ const MAX_UNACKED_BATCHES: usize = 256;
 #[derive(Debug)]
 pub enum OutboxItem {
     Point(MetricPoint),
-    Checkpoint { step: u64, bytes: Vec<u8> },
+    Checkpoint {
+        step: u64,
+        bytes: Vec<u8>,
+    },
+    /// A file the job produced (see [`MetricSink::artifact`]), uploaded as soon as it arrives.
+    Artifact {
+        step: u64,
+        name: String,
+        bytes: Vec<u8>,
+    },
 }
 
 /// The job thread's end: each report goes into a bounded channel.
@@ -66,6 +77,11 @@ impl MetricSink for ChannelSink {
             value,
             wall_time_us,
         }));
+    }
+
+    fn artifact(&mut self, step: u64, name: &str, bytes: Vec<u8>) {
+        // A closed channel means the trial is being dropped: nothing to deliver to.
+        let _ = self.outbox.blocking_send(OutboxItem::Artifact { step, name: name.to_string(), bytes });
     }
 }
 
@@ -138,6 +154,9 @@ pub async fn stream_trial_metrics(
                 Some(OutboxItem::Checkpoint { step, bytes }) => {
                     checkpoint = Some((step, bytes));
                     flush = !buffer.is_empty();
+                }
+                Some(OutboxItem::Artifact { step, name, bytes }) => {
+                    upload_artifact(&mut client, &settings, step, &name, bytes, &stop).await?;
                 }
                 None => {
                     input_done = true;
@@ -237,6 +256,50 @@ async fn upload_checkpoint(
             Err(status) => {
                 let delay = backoff.next_delay();
                 warn!(trial = %settings.trial_id, step, %status, retry_in_ms = delay.as_millis() as u64, "checkpoint upload failed");
+                tokio::select! {
+                    _ = stop.cancelled() => return Err(WorkerError::Stopped),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Uploads an artifact, retrying while the coordinator is unreachable; one it refuses (too large,
+/// a bad name) is skipped with a warning.
+async fn upload_artifact(
+    client: &mut Client,
+    settings: &StreamSettings,
+    step: u64,
+    name: &str,
+    data: Vec<u8>,
+    stop: &CancellationToken,
+) -> Result<()> {
+    let mut backoff = Backoff::new(settings.max_backoff);
+    let upload = ArtifactUpload {
+        trial_id: settings.trial_id.to_string(),
+        epoch: settings.epoch.0,
+        attempt: settings.attempt,
+        step,
+        name: name.to_string(),
+        data,
+    };
+    loop {
+        match client.upload_artifact(upload.clone()).await {
+            Ok(receipt) => {
+                debug!(trial = %settings.trial_id, step, name, path = %receipt.into_inner().path, "artifact stored");
+                return Ok(());
+            }
+            Err(status) if status.code() == Code::FailedPrecondition => {
+                return Err(WorkerError::StaleLease(settings.trial_id.to_string()))
+            }
+            Err(status) if matches!(status.code(), Code::InvalidArgument | Code::NotFound) => {
+                warn!(trial = %settings.trial_id, step, name, %status, "artifact refused; continuing without it");
+                return Ok(());
+            }
+            Err(status) => {
+                let delay = backoff.next_delay();
+                warn!(trial = %settings.trial_id, step, name, %status, retry_in_ms = delay.as_millis() as u64, "artifact upload failed");
                 tokio::select! {
                     _ = stop.cancelled() => return Err(WorkerError::Stopped),
                     _ = tokio::time::sleep(delay) => {}

@@ -45,6 +45,9 @@ pub enum JobError {
 /// Where a job's metric points go. The worker batches them for the coordinator.
 pub trait MetricSink: Send {
     fn report(&mut self, step: u64, name: &str, value: f64);
+    /// A file the job produced at `step` (a sample grid), stored with the trial under `name`.
+    /// Sinks that keep no files (benchmarks, most tests) drop it.
+    fn artifact(&mut self, _step: u64, _name: &str, _bytes: Vec<u8>) {}
 }
 
 /// Where a job's checkpoints go, and how often it wants them.
@@ -90,6 +93,11 @@ pub struct JobContext<'a> {
 impl JobContext<'_> {
     pub fn report(&mut self, step: u64, name: &str, value: f64) {
         self.metrics.report(step, name, value);
+    }
+
+    /// Stores a file the job produced at `step` with the trial (see [`MetricSink::artifact`]).
+    pub fn artifact(&mut self, step: u64, name: &str, bytes: Vec<u8>) {
+        self.metrics.artifact(step, name, bytes);
     }
 
     pub fn is_cancelled(&self) -> bool {

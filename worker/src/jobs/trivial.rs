@@ -2,7 +2,9 @@
 //!
 //! loss(step) = (x - 0.3)^2 + (y + 0.1)^2 + noise * N(0,1)-ish seeded jitter, reported `steps`
 //! times, optionally sleeping `sleep_ms` per step so tests can catch a trial mid-run. It exercises
-//! the whole gRPC path (lease, metrics, checkpoints, completion) at negligible cost per trial.
+//! the whole gRPC path (lease, metrics, checkpoints, artifacts, completion) at negligible cost per
+//! trial. With `artifact_every` it also stores a small text artifact `step-<n>.txt` every so many
+//! steps, holding the step and the loss reported there.
 
 use std::time::Duration;
 
@@ -45,6 +47,7 @@ impl TrivialFactory {
                     int("steps", 1, 1_000_000, 1, "how many loss points to report"),
                     int("sleep_ms", 0, 60_000, 0, "sleep per step, to keep a trial running"),
                     int("checkpoint_every", 1, 1_000_000, 10, "steps between checkpoints"),
+                    int("artifact_every", 0, 1_000_000, 0, "steps between text artifacts (0: none)"),
                 ],
             },
         }
@@ -69,6 +72,7 @@ impl JobFactory for TrivialFactory {
             noise: params.f64("noise")?,
             steps: params.u64("steps")?,
             sleep: Duration::from_millis(params.u64("sleep_ms")?),
+            artifact_every: params.u64("artifact_every")?,
             state: State { step: 0, rng: ChaCha8Rng::seed_from_u64(seed) },
         }))
     }
@@ -87,6 +91,7 @@ struct Quadratic {
     noise: f64,
     steps: u64,
     sleep: Duration,
+    artifact_every: u64,
     state: State,
 }
 
@@ -100,8 +105,11 @@ impl Job for Quadratic {
             }
             let jitter: f64 = self.state.rng.random_range(-1.0..1.0);
             self.state.step += 1;
-            ctx.report(self.state.step, "loss", base + self.noise * jitter);
-            let step = self.state.step;
+            let (step, loss) = (self.state.step, base + self.noise * jitter);
+            ctx.report(step, "loss", loss);
+            if self.artifact_every > 0 && step.is_multiple_of(self.artifact_every) {
+                ctx.artifact(step, &format!("step-{step}.txt"), format!("step {step} loss {loss}\n").into_bytes());
+            }
             ctx.boundary(step, || self.checkpoint())?;
         }
         Ok(())
