@@ -39,6 +39,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::Notify;
 
 mod checkpoints;
+mod gan;
 mod nlp;
 
 use super::client::{connect, refused, SweepClient};
@@ -68,6 +69,8 @@ pub enum BenchCommand {
     Checkpoints(checkpoints::CheckpointsArgs),
     /// IMDB model train steps (dense, SimpleRNN, LSTM) on candle against the same PyTorch models.
     Nlp(nlp::NlpArgs),
+    /// DCGAN train steps on candle against the same PyTorch step.
+    Gan(gan::GanArgs),
 }
 
 /// Where a gRPC bench keeps its coordinator state, output and worker logs.
@@ -217,6 +220,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Compare(bench) => compare(&bench).await?,
         BenchCommand::Checkpoints(bench) => checkpoints::checkpoints(&bench).await?,
         BenchCommand::Nlp(bench) => nlp::nlp(&bench).await?,
+        BenchCommand::Gan(bench) => gan::gan(&bench).await?,
     };
     if args.json {
         println!("{}", report.json());

@@ -1,6 +1,6 @@
 //! The job interface and the registry of job kinds this worker can run.
 //!
-//! A job family lives in its own module (`rl`, `nlp`, later `gan`); each job kind implements
+//! A job family lives in its own module (`rl`, `nlp`, `gan`); each job kind implements
 //! [`JobFactory`] (schema + constructor) and [`Job`] (run, checkpoint, restore). The registry is
 //! the only list of kinds: the worker advertises it at registration and the `sweep` binary passes
 //! it to the coordinator as its [`JobCatalog`], so adding a job family touches no coordinator code.
@@ -14,6 +14,8 @@ pub(crate) mod gemm;
 pub mod nlp;
 pub mod rl;
 pub(crate) mod rng;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod trivial;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -182,6 +184,7 @@ impl JobRegistry {
                 Box::new(rl::qtable::QTableFactory::new()),
                 Box::new(nlp::sentiment::SentimentFactory::new(env.clone())),
                 Box::new(nlp::bert_sentiment::BertSentimentFactory::new(env.clone())),
+                Box::new(gan::dcgan::DcganFactory::new(env.clone())),
                 Box::new(trivial::TrivialFactory::new()),
             ],
         }

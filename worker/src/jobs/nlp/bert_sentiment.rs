@@ -505,57 +505,18 @@ impl Job for BertSentimentJob {
 mod tests {
     use super::super::bert::fresh_test_paths;
     use super::*;
-    use crate::jobs::{CancelFlag, CheckpointSink, MetricSink, NoCheckpoints};
-
-    /// Every metric point a job reported, in order.
-    #[derive(Default)]
-    struct CollectMetrics(Vec<(u64, String, f64)>);
-
-    impl MetricSink for CollectMetrics {
-        fn report(&mut self, step: u64, name: &str, value: f64) {
-            self.0.push((step, name.to_string(), value));
-        }
-    }
-
-    /// Keeps the encoded checkpoints of chosen epochs.
-    struct SaveAt {
-        epochs: Vec<u64>,
-        saved: Vec<Vec<u8>>,
-    }
-
-    impl CheckpointSink for SaveAt {
-        fn wants(&self, step: u64) -> bool {
-            self.epochs.contains(&step)
-        }
-        fn save(&mut self, checkpoint: Checkpoint) -> Result<(), JobError> {
-            self.saved.push(checkpoint.encode()?);
-            Ok(())
-        }
-    }
+    use crate::jobs::testing::{metric, params_with, Recorded, SaveAt};
+    use crate::jobs::{CancelFlag, CheckpointSink, NoCheckpoints};
 
     fn params(overrides: &[(&str, ParamValue)]) -> Params {
-        let mut params = Params(
-            schema()
-                .params
-                .iter()
-                .map(|spec| (spec.name.to_string(), spec.default.clone().expect("a default")))
-                .collect(),
-        );
-        for (name, value) in overrides {
-            params.0.insert(name.to_string(), value.clone());
-        }
-        params
+        params_with(&schema(), overrides)
     }
 
     fn run_with(job: &mut dyn Job, checkpoints: &mut dyn CheckpointSink) -> Result<Vec<(u64, String, f64)>, JobError> {
-        let mut metrics = CollectMetrics::default();
+        let mut metrics = Recorded::default();
         let mut ctx = JobContext { seed: 0, metrics: &mut metrics, checkpoints, cancel: CancelFlag::default() };
         job.run(&mut ctx)?;
-        Ok(metrics.0)
-    }
-
-    fn metric(points: &[(u64, String, f64)], name: &str) -> Vec<(u64, f64)> {
-        points.iter().filter(|(_, n, _)| n == name).map(|(step, _, value)| (*step, *value)).collect()
+        Ok(metrics.points)
     }
 
     /// A job on the first reviews of each split, embedded through a cache with small chunks.
@@ -603,7 +564,7 @@ mod tests {
             ("hidden", ParamValue::Int(8)),
         ]);
         let config = BertConfig::from_params(&p).unwrap();
-        let mut sink = SaveAt { epochs: vec![1, 3], saved: Vec::new() };
+        let mut sink = SaveAt::boundaries(&[1, 3]);
         let full = run_with(&mut job_on_subset(&config, 7, &paths), &mut sink).unwrap();
         assert_eq!(sink.saved.len(), 2);
         assert_eq!(metric(&full, "epoch").len(), 4);

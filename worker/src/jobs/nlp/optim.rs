@@ -43,6 +43,8 @@ const EPS: f64 = 1e-7;
 pub struct Optimizer {
     kind: OptimizerKind,
     lr: f64,
+    /// Adam's first-moment decay (Keras' default 0.9; the DCGAN literature often uses 0.5).
+    beta1: f64,
     /// Updates applied so far (Adam's `t`).
     steps: u64,
     /// First moment per variable (Adam only).
@@ -53,7 +55,12 @@ pub struct Optimizer {
 
 impl Optimizer {
     pub fn new(kind: OptimizerKind, lr: f64) -> Self {
-        Optimizer { kind, lr, steps: 0, m: BTreeMap::new(), v: BTreeMap::new() }
+        Optimizer { kind, lr, beta1: BETA1, steps: 0, m: BTreeMap::new(), v: BTreeMap::new() }
+    }
+
+    /// Adam with its first-moment decay `beta1` (the other settings as Keras).
+    pub fn adam(lr: f64, beta1: f64) -> Self {
+        Optimizer { beta1, ..Optimizer::new(OptimizerKind::Adam, lr) }
     }
 
     pub fn steps(&self) -> u64 {
@@ -88,8 +95,8 @@ impl Optimizer {
                         Some(m) => m.clone(),
                         None => g.zeros_like()?,
                     };
-                    let m = ((m_old * BETA1)? + (g * (1.0 - BETA1))?)?;
-                    let alpha = self.lr * (1.0 - BETA2.powi(t)).sqrt() / (1.0 - BETA1.powi(t));
+                    let m = ((m_old * self.beta1)? + (g * (1.0 - self.beta1))?)?;
+                    let alpha = self.lr * (1.0 - BETA2.powi(t)).sqrt() / (1.0 - self.beta1.powi(t));
                     let update = ((&m / &denom)? * alpha)?;
                     self.m.insert(name.clone(), m);
                     update

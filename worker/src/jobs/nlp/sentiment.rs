@@ -411,32 +411,10 @@ pub fn weights_of(job: &SentimentJob) -> BTreeMap<String, Vec<f32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jobs::{CancelFlag, CheckpointSink, MetricSink};
+    use crate::jobs::testing::{run_to_end, Recorded, SaveAt};
 
     fn paths() -> DataPaths {
         crate::data::test_paths()
-    }
-
-    #[derive(Default)]
-    struct Points(Vec<(u64, String, f64)>);
-
-    impl MetricSink for Points {
-        fn report(&mut self, step: u64, name: &str, value: f64) {
-            self.0.push((step, name.to_string(), value));
-        }
-    }
-
-    #[derive(Default)]
-    struct KeepAll(Vec<Checkpoint>);
-
-    impl CheckpointSink for KeepAll {
-        fn wants(&self, _step: u64) -> bool {
-            true
-        }
-        fn save(&mut self, checkpoint: Checkpoint) -> Result<(), JobError> {
-            self.0.push(checkpoint);
-            Ok(())
-        }
     }
 
     fn config(arch: Arch, epochs: u64) -> SentimentConfig {
@@ -455,16 +433,12 @@ mod tests {
         }
     }
 
-    fn run(job: &mut SentimentJob) -> (Points, KeepAll) {
-        let (mut points, mut kept) = (Points::default(), KeepAll::default());
-        let mut ctx =
-            JobContext { seed: 0, metrics: &mut points, checkpoints: &mut kept, cancel: CancelFlag::default() };
-        job.run(&mut ctx).expect("training runs");
-        (points, kept)
+    fn run(job: &mut SentimentJob) -> (Recorded, SaveAt) {
+        run_to_end(job, SaveAt::all())
     }
 
-    fn last(points: &Points, name: &str) -> f64 {
-        points.0.iter().rev().find(|p| p.1 == name).map(|p| p.2).unwrap_or_else(|| panic!("no {name}"))
+    fn last(points: &Recorded, name: &str) -> f64 {
+        points.points.iter().rev().find(|p| p.1 == name).map(|p| p.2).unwrap_or_else(|| panic!("no {name}"))
     }
 
     /// A few hundred reviews and a few epochs already beat chance on reviews the model never saw.
@@ -487,8 +461,8 @@ mod tests {
             let test_acc = last(&points, "test_acc");
             println!("{arch:?}: test_acc {test_acc:.3}, val_acc {:.3}", last(&points, "val_acc"));
             assert!(test_acc > floor, "{arch:?}: test accuracy {test_acc} on 400 held-out reviews");
-            assert_eq!(kept.0.len() as u64, epochs, "one checkpoint per epoch");
-            let epochs_seen: Vec<f64> = points.0.iter().filter(|p| p.1 == "epoch").map(|p| p.2).collect();
+            assert_eq!(kept.saved.len() as u64, epochs, "one checkpoint per epoch");
+            let epochs_seen = points.values("epoch");
             assert_eq!(epochs_seen, (1..=epochs).map(|e| e as f64).collect::<Vec<_>>());
         }
     }
@@ -499,13 +473,13 @@ mod tests {
         for arch in [Arch::Dense, Arch::Lstm] {
             let mut whole = SentimentJob::new(config(arch, 3), 11, paths(), Device::Cpu).unwrap();
             let (all_points, kept) = run(&mut whole);
-            let checkpoint = Checkpoint::decode(&kept.0[0].encode().unwrap()).unwrap();
+            let checkpoint = kept.decoded(0);
             let mut resumed = SentimentJob::new(config(arch, 3), 11, paths(), Device::Cpu).unwrap();
             resumed.restore(&checkpoint).unwrap();
             let (later, _) = run(&mut resumed);
-            let after: Vec<_> = all_points.0.iter().filter(|p| p.0 > checkpoint.step).cloned().collect();
+            let after = all_points.after(checkpoint.step);
             assert!(!after.is_empty());
-            assert_eq!(later.0, after, "{arch:?}: metrics after the checkpoint");
+            assert_eq!(later.points, after, "{arch:?}: metrics after the checkpoint");
             assert_eq!(weights_of(&resumed), weights_of(&whole), "{arch:?}: final weights");
         }
     }

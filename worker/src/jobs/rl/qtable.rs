@@ -409,50 +409,11 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::jobs::{CancelFlag, CheckpointSink, MetricSink, NoCheckpoints};
-
-    /// Every metric point a job reported, in order.
-    #[derive(Default)]
-    struct CollectMetrics(Vec<(u64, String, f64)>);
-
-    impl MetricSink for CollectMetrics {
-        fn report(&mut self, step: u64, name: &str, value: f64) {
-            self.0.push((step, name.to_string(), value));
-        }
-    }
-
-    /// Keeps the encoded checkpoints of chosen episodes.
-    struct SaveAt {
-        episodes: Vec<u64>,
-        saved: Vec<Vec<u8>>,
-    }
-
-    impl CheckpointSink for SaveAt {
-        fn wants(&self, step: u64) -> bool {
-            self.episodes.contains(&step)
-        }
-        fn save(&mut self, checkpoint: Checkpoint) -> Result<(), JobError> {
-            self.saved.push(checkpoint.encode()?);
-            Ok(())
-        }
-    }
-
-    fn default_params(schema: &JobSchema) -> Params {
-        Params(
-            schema
-                .params
-                .iter()
-                .map(|spec| (spec.name.to_string(), spec.default.clone().expect("every qtable param has a default")))
-                .collect(),
-        )
-    }
+    use crate::jobs::testing::{metric, params_with, Recorded, SaveAt};
+    use crate::jobs::{CancelFlag, CheckpointSink, NoCheckpoints};
 
     fn params(overrides: &[(&str, ParamValue)]) -> Params {
-        let mut params = default_params(&schema());
-        for (name, value) in overrides {
-            params.0.insert(name.to_string(), value.clone());
-        }
-        params
+        params_with(&schema(), overrides)
     }
 
     fn run_with(
@@ -460,19 +421,15 @@ mod tests {
         seed: u64,
         checkpoints: &mut dyn CheckpointSink,
     ) -> Result<Vec<(u64, String, f64)>, JobError> {
-        let mut metrics = CollectMetrics::default();
+        let mut metrics = Recorded::default();
         let mut ctx = JobContext { seed, metrics: &mut metrics, checkpoints, cancel: CancelFlag::default() };
         job.run(&mut ctx)?;
-        Ok(metrics.0)
+        Ok(metrics.points)
     }
 
     fn run(params: &Params, seed: u64) -> Vec<(u64, String, f64)> {
         let mut job = QTableFactory::new().create(params, seed).unwrap();
         run_with(job.as_mut(), seed, &mut NoCheckpoints).unwrap()
-    }
-
-    fn metric(points: &[(u64, String, f64)], name: &str) -> Vec<(u64, f64)> {
-        points.iter().filter(|(_, n, _)| n == name).map(|(step, _, value)| (*step, *value)).collect()
     }
 
     fn short_run() -> Params {
@@ -495,7 +452,7 @@ mod tests {
             let default = spec.default.clone().unwrap();
             assert_eq!(spec.kind.admit(default.clone()), Ok(default), "{}", spec.name);
         }
-        assert!(QTableConfig::from_params(&default_params(&schema)).is_ok());
+        assert!(QTableConfig::from_params(&params_with(&schema, &[])).is_ok());
     }
 
     #[test]
@@ -523,7 +480,7 @@ mod tests {
             let err = QTableConfig::from_params(&params(&[(name, value.clone())])).unwrap_err();
             assert!(err.to_string().contains(name), "{name} = {value}: {err}");
         }
-        let mut missing = default_params(&schema);
+        let mut missing = params_with(&schema, &[]);
         missing.0.remove("lr");
         assert!(QTableConfig::from_params(&missing).unwrap_err().to_string().contains("lr"));
     }
@@ -599,12 +556,12 @@ mod tests {
     #[test]
     fn cancelled_job_stops_before_the_next_episode() {
         let mut job = QTableFactory::new().create(&short_run(), 5).unwrap();
-        let mut metrics = CollectMetrics::default();
+        let mut metrics = Recorded::default();
         let cancel = CancelFlag::default();
         cancel.cancel();
         let mut ctx = JobContext { seed: 5, metrics: &mut metrics, checkpoints: &mut NoCheckpoints, cancel };
         assert!(matches!(job.run(&mut ctx), Err(JobError::Cancelled)));
-        assert!(metrics.0.is_empty());
+        assert!(metrics.points.is_empty());
     }
 
     #[test]
@@ -628,7 +585,7 @@ mod tests {
         ]);
         let factory = QTableFactory::new();
         let mut uninterrupted = factory.create(&p, 11).unwrap();
-        let mut sink = SaveAt { episodes: vec![200, 250], saved: Vec::new() };
+        let mut sink = SaveAt::boundaries(&[200, 250]);
         let full = run_with(uninterrupted.as_mut(), 11, &mut sink).unwrap();
         assert_eq!(sink.saved.len(), 2);
         let epsilons: Vec<f64> = metric(&full, "epsilon").iter().map(|(_, e)| *e).collect();
