@@ -443,6 +443,9 @@ fn train_backward<T: WithDType>(
 #[derive(Debug)]
 struct BatchNormTrain {
     eps: f64,
+    /// LeakyReLU applied to the normalised output in the same op (its slope), see
+    /// [`BatchNorm::forward_leaky_t`].
+    leaky: Option<f64>,
     /// Set by the forward, read by the backward and by [`BatchNorm::forward_t`] (which keeps a clone
     /// of the Arc: candle takes the op itself). Set once: an op instance runs one forward.
     stats: Arc<OnceLock<BatchStats>>,
@@ -479,12 +482,18 @@ impl CustomOp3 for BatchNormTrain {
         let (out, stats) = match (s1, s2, s3) {
             (CpuStorage::F32(x), CpuStorage::F32(g), CpuStorage::F32(b)) => {
                 let (x, g, b) = (contiguous(x, l1, "x")?, contiguous(g, l2, "weight")?, contiguous(b, l3, "bias")?);
-                let (out, stats) = train_forward(x, g, b, d, self.eps);
+                let (mut out, stats) = train_forward(x, g, b, d, self.eps);
+                if let Some(slope) = self.leaky {
+                    leaky_in_place(&mut out, slope);
+                }
                 (CpuStorage::F32(out), stats)
             }
             (CpuStorage::F64(x), CpuStorage::F64(g), CpuStorage::F64(b)) => {
                 let (x, g, b) = (contiguous(x, l1, "x")?, contiguous(g, l2, "weight")?, contiguous(b, l3, "bias")?);
-                let (out, stats) = train_forward(x, g, b, d, self.eps);
+                let (mut out, stats) = train_forward(x, g, b, d, self.eps);
+                if let Some(slope) = self.leaky {
+                    leaky_in_place(&mut out, slope);
+                }
                 (CpuStorage::F64(out), stats)
             }
             _ => candle_core::bail!("batch norm: x, weight and bias must all be f32 or all f64"),
@@ -500,12 +509,18 @@ impl CustomOp3 for BatchNormTrain {
         x: &Tensor,
         gamma: &Tensor,
         beta: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let d = Self::dims(x.dims(), gamma.dims(), beta.dims())?;
         let Some(stats) = self.stats.get() else {
             candle_core::bail!("batch norm: backward before forward");
+        };
+        // With the LeakyReLU fused in, the gradient at the normalised values first goes through
+        // its derivative: 1 or `slope` by the sign of the output, which is that of its input.
+        let grad = match self.leaky {
+            Some(slope) => leaky_grad(res, grad, slope)?,
+            None => grad.clone(),
         };
         let (x, gamma, grad) = (x.contiguous()?, gamma.contiguous()?, grad.contiguous()?);
         let (xs, xl) = x.storage_and_layout();
@@ -536,6 +551,35 @@ impl CustomOp3 for BatchNormTrain {
             _ => candle_core::bail!("batch norm: backward needs CPU tensors of one float type"),
         };
         Ok((Some(dx), Some(d_gamma), Some(d_beta)))
+    }
+}
+
+/// LeakyReLU of every value, in place.
+fn leaky_in_place<T: WithDType>(values: &mut [T], slope: f64) {
+    let (zero, slope) = (T::from_f64(0.0), T::from_f64(slope));
+    values.iter_mut().for_each(|v| {
+        if *v <= zero {
+            *v *= slope;
+        }
+    });
+}
+
+/// `grad * (1 if out > 0 else slope)` on CPU f32/f64 tensors (a plain function of two tensors:
+/// no graph node).
+fn leaky_grad(out: &Tensor, grad: &Tensor, slope: f64) -> candle_core::Result<Tensor> {
+    let (out, grad) = (out.contiguous()?, grad.contiguous()?);
+    let (os, ol) = out.storage_and_layout();
+    let (gs, gl) = grad.storage_and_layout();
+    match (&*os, &*gs) {
+        (Storage::Cpu(CpuStorage::F32(o)), Storage::Cpu(CpuStorage::F32(g))) => {
+            let dx = LeakyRelu { slope }.backward(contiguous(o, ol, "out")?, contiguous(g, gl, "grad")?);
+            Tensor::from_vec(dx, out.shape(), out.device())
+        }
+        (Storage::Cpu(CpuStorage::F64(o)), Storage::Cpu(CpuStorage::F64(g))) => {
+            let dx = LeakyRelu { slope }.backward(contiguous(o, ol, "out")?, contiguous(g, gl, "grad")?);
+            Tensor::from_vec(dx, out.shape(), out.device())
+        }
+        _ => candle_core::bail!("batch norm: the fused LeakyReLU's backward needs CPU f32 or f64 tensors"),
     }
 }
 
@@ -613,12 +657,26 @@ impl BatchNorm {
     /// `train`: normalise with the batch's statistics, then update the running ones (see the type);
     /// otherwise normalise with the running statistics.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        self.forward_with(x, train, None)
+    }
+
+    /// `leaky_relu(self.forward_t(x, train), slope)`; in training on CPU one op, which saves
+    /// candle's autograd a gradient buffer and a pass over these large tensors.
+    pub fn forward_leaky_t(&self, x: &Tensor, train: bool, slope: f64) -> candle_core::Result<Tensor> {
+        self.forward_with(x, train, Some(slope))
+    }
+
+    fn forward_with(&self, x: &Tensor, train: bool, leaky: Option<f64>) -> candle_core::Result<Tensor> {
         let dims = x.dims();
         if dims.len() < 2 || dims[1] != self.channels {
             candle_core::bail!("batch norm: x must be (batch, {}, ...), got {dims:?}", self.channels);
         }
         if !train {
-            return self.eval(x);
+            let out = self.eval(x)?;
+            return match leaky {
+                Some(slope) => leaky_relu(&out, slope),
+                None => Ok(out),
+            };
         }
         let n = Dims::of(dims)?.per_channel();
         if n < 2 {
@@ -626,14 +684,19 @@ impl BatchNorm {
         }
         let (out, mean, var) = if fast_path(x) {
             let stats = Arc::new(OnceLock::new());
-            let op = BatchNormTrain { eps: self.eps, stats: Arc::clone(&stats) };
+            let op = BatchNormTrain { eps: self.eps, leaky, stats: Arc::clone(&stats) };
             let out = x.contiguous()?.apply_op3(&self.weight, &self.bias, op)?;
             let Some(stats) = stats.get() else {
                 candle_core::bail!("batch norm: the train op left no statistics");
             };
             (out, Tensor::new(stats.mean.as_slice(), x.device())?, Tensor::new(stats.var.as_slice(), x.device())?)
         } else {
-            train_with_candle_ops(x, &self.weight, &self.bias, self.eps)?
+            let (out, mean, var) = train_with_candle_ops(x, &self.weight, &self.bias, self.eps)?;
+            let out = match leaky {
+                Some(slope) => leaky_relu(&out, slope)?,
+                None => out,
+            };
+            (out, mean, var)
         };
         let unbiased = var.affine(n as f64 / (n - 1) as f64, 0.0)?;
         let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
@@ -774,11 +837,208 @@ pub fn bias_add(x: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
     x.broadcast_add(&bias.reshape(shape)?)
 }
 
+/// The discriminator's activation block as one op: `leaky_relu(x + bias[c]) * mask`, the mask
+/// holding 0 or `1 / (1 - rate)` (inverted dropout). One op instead of three keeps candle's
+/// autograd from allocating and summing a gradient buffer per step on these large tensors.
+#[derive(Debug, Clone, Copy)]
+struct BiasLeakyDropout {
+    slope: f64,
+}
+
+impl BiasLeakyDropout {
+    fn forward<T: WithDType>(&self, x: &[T], bias: &[T], mask: &[T], d: &Dims) -> Vec<T> {
+        let (zero, one, slope) = (T::from_f64(0.0), T::from_f64(1.0), T::from_f64(self.slope));
+        d.map_samples(|values, out| {
+            let (x, mask) = (&x[values.clone()], &mask[values]);
+            for (c, ((o, v), m)) in out
+                .chunks_exact_mut(d.spatial)
+                .zip(x.chunks_exact(d.spatial))
+                .zip(mask.chunks_exact(d.spatial))
+                .enumerate()
+            {
+                let b = bias[c];
+                o.iter_mut().zip(v.iter().zip(m)).for_each(|(o, (&v, &m))| {
+                    let z = v + b;
+                    *o = z * if z > zero { one } else { slope } * m;
+                });
+            }
+        })
+    }
+
+    /// `dz = grad * mask * leaky'(z)`; the sign of `z` is the output's wherever the mask keeps the
+    /// value, and where it does not `dz` is 0 either way. Returns `(dz, per-channel sums of dz)`.
+    fn backward<T: WithDType>(&self, out: &[T], mask: &[T], grad: &[T], d: &Dims) -> (Vec<T>, Vec<T>) {
+        let (zero, one, slope) = (T::from_f64(0.0), T::from_f64(1.0), T::from_f64(self.slope));
+        let dz = build(out.len(), 1, |first, dst| {
+            let n = dst.len();
+            let (y, m, g) = (&out[first..first + n], &mask[first..first + n], &grad[first..first + n]);
+            for (o, ((&y, &m), &g)) in dst.iter_mut().zip(y.iter().zip(m).zip(g)) {
+                *o = g * m * if y > zero { one } else { slope };
+            }
+        });
+        let db = BiasAdd::bias_grad(&dz, d);
+        (dz, db)
+    }
+}
+
+impl CustomOp3 for BiasLeakyDropout {
+    fn name(&self) -> &'static str {
+        "bias-leaky-dropout"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let d = Dims::of(l1.dims())?;
+        if l2.shape().elem_count() != d.channels {
+            candle_core::bail!(
+                "bias leaky dropout: {} bias values for {} channels",
+                l2.shape().elem_count(),
+                d.channels
+            );
+        }
+        if l3.dims() != l1.dims() {
+            candle_core::bail!("bias leaky dropout: mask {:?} for x {:?}", l3.dims(), l1.dims());
+        }
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(x), CpuStorage::F32(b), CpuStorage::F32(m)) => CpuStorage::F32(self.forward(
+                contiguous(x, l1, "x")?,
+                contiguous(b, l2, "bias")?,
+                contiguous(m, l3, "mask")?,
+                &d,
+            )),
+            (CpuStorage::F64(x), CpuStorage::F64(b), CpuStorage::F64(m)) => CpuStorage::F64(self.forward(
+                contiguous(x, l1, "x")?,
+                contiguous(b, l2, "bias")?,
+                contiguous(m, l3, "mask")?,
+                &d,
+            )),
+            _ => candle_core::bail!("bias leaky dropout: x, bias and mask must share one float type"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        bias: &Tensor,
+        mask: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let d = Dims::of(x.dims())?;
+        let (res, mask, grad) = (res.contiguous()?, mask.contiguous()?, grad.contiguous()?);
+        let (rs, rl) = res.storage_and_layout();
+        let (ms, ml) = mask.storage_and_layout();
+        let (gs, gl) = grad.storage_and_layout();
+        let (dx, db) = match (&*rs, &*ms, &*gs) {
+            (Storage::Cpu(CpuStorage::F32(r)), Storage::Cpu(CpuStorage::F32(m)), Storage::Cpu(CpuStorage::F32(g))) => {
+                let (dx, db) = self.backward(
+                    contiguous(r, rl, "out")?,
+                    contiguous(m, ml, "mask")?,
+                    contiguous(g, gl, "grad")?,
+                    &d,
+                );
+                (Tensor::from_vec(dx, x.shape(), x.device())?, Tensor::from_vec(db, bias.shape(), bias.device())?)
+            }
+            (Storage::Cpu(CpuStorage::F64(r)), Storage::Cpu(CpuStorage::F64(m)), Storage::Cpu(CpuStorage::F64(g))) => {
+                let (dx, db) = self.backward(
+                    contiguous(r, rl, "out")?,
+                    contiguous(m, ml, "mask")?,
+                    contiguous(g, gl, "grad")?,
+                    &d,
+                );
+                (Tensor::from_vec(dx, x.shape(), x.device())?, Tensor::from_vec(db, bias.shape(), bias.device())?)
+            }
+            _ => candle_core::bail!("bias leaky dropout: backward needs CPU tensors of one float type"),
+        };
+        Ok((Some(dx), Some(db), None))
+    }
+}
+
+/// `leaky_relu(x + bias[c], slope) * mask` over dim 1 of `(B, C, ...)`, `mask` shaped like `x`
+/// (constant: no gradient reaches it). One op on CPU f32/f64; candle ops elsewhere.
+pub fn bias_leaky_dropout(x: &Tensor, bias: &Tensor, slope: f64, mask: &Tensor) -> candle_core::Result<Tensor> {
+    if fast_path(x) && x.dtype() == bias.dtype() && x.dtype() == mask.dtype() {
+        return x.contiguous()?.apply_op3(
+            &bias.contiguous()?,
+            &mask.contiguous()?.detach(),
+            BiasLeakyDropout { slope },
+        );
+    }
+    leaky_relu(&bias_add(x, bias)?, slope)?.mul(&mask.detach())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::{Device, Var};
     use candle_nn::{VarBuilder, VarMap};
+
+    #[test]
+    fn fused_leaky_batch_norm_matches_its_parts() {
+        let dev = Device::Cpu;
+        for dims in [vec![16usize, 40], vec![8, 6, 5, 5]] {
+            let build = || {
+                let map = VarMap::new();
+                let bn = BatchNorm::new(dims[1], 1e-3, 0.01, VarBuilder::from_varmap(&map, DType::F64, &dev)).unwrap();
+                (map, bn)
+            };
+            let (map_a, fused) = build();
+            let (map_b, plain) = build();
+            let x = Var::from_tensor(&Tensor::randn(0.5f64, 1.0, dims.as_slice(), &dev).unwrap()).unwrap();
+            let g = Tensor::randn(0f64, 1.0, dims.as_slice(), &dev).unwrap();
+            let a = fused.forward_leaky_t(x.as_tensor(), true, 0.3).unwrap();
+            let b = leaky_relu(&plain.forward_t(x.as_tensor(), true).unwrap(), 0.3).unwrap();
+            let diff = |a: &Tensor, b: &Tensor| {
+                a.sub(b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
+            };
+            assert!(diff(&a, &b) < 1e-12, "{dims:?} forward");
+            let ga = a.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
+            let gb = b.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
+            assert!(diff(ga.get(x.as_tensor()).unwrap(), gb.get(x.as_tensor()).unwrap()) < 1e-10, "{dims:?} dx");
+            for name in ["weight", "bias"] {
+                let va = map_a.data().lock().unwrap()[name].clone();
+                let vb = map_b.data().lock().unwrap()[name].clone();
+                let d = diff(ga.get(va.as_tensor()).unwrap(), gb.get(vb.as_tensor()).unwrap());
+                assert!(d < 1e-10, "{dims:?} d{name} differs by {d}");
+            }
+            assert!(diff(&fused.running().1, &plain.running().1) < 1e-15, "the running statistics move the same");
+            let ea = fused.forward_leaky_t(x.as_tensor(), false, 0.3).unwrap();
+            let eb = leaky_relu(&plain.forward_t(x.as_tensor(), false).unwrap(), 0.3).unwrap();
+            assert!(diff(&ea, &eb) < 1e-12, "{dims:?} eval");
+        }
+    }
+
+    #[test]
+    fn bias_leaky_dropout_matches_its_parts() {
+        let dev = Device::Cpu;
+        for dims in [vec![4usize, 6, 3, 3], vec![64, 32, 14, 14]] {
+            let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, dims.as_slice(), &dev).unwrap()).unwrap();
+            let b = Var::from_tensor(&Tensor::randn(0f64, 1.0, dims[1], &dev).unwrap()).unwrap();
+            let keep = Tensor::rand(0f64, 1.0, dims.as_slice(), &dev).unwrap().ge(0.3).unwrap();
+            let mask = keep.to_dtype(DType::F64).unwrap().affine(1.0 / 0.7, 0.0).unwrap();
+            let g = Tensor::randn(0f64, 1.0, dims.as_slice(), &dev).unwrap();
+            let ours = bias_leaky_dropout(x.as_tensor(), b.as_tensor(), 0.3, &mask).unwrap();
+            let parts = leaky_relu(&bias_add(x.as_tensor(), b.as_tensor()).unwrap(), 0.3).unwrap().mul(&mask).unwrap();
+            let diff = |a: &Tensor, b: &Tensor| {
+                a.sub(b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
+            };
+            assert!(diff(&ours, &parts) < 1e-12, "{dims:?} forward");
+            let ga = ours.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
+            let gb = parts.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
+            for v in [&x, &b] {
+                let d = diff(ga.get(v.as_tensor()).unwrap(), gb.get(v.as_tensor()).unwrap());
+                assert!(d < 1e-10, "{dims:?} gradient differs by {d}");
+            }
+        }
+    }
 
     #[test]
     fn bias_add_matches_broadcast_add() {
@@ -1133,7 +1393,7 @@ mod timing {
                 let out = bn.forward_t(x.as_tensor(), true).unwrap();
                 fwd.push(s.elapsed().as_secs_f64() * 1e3);
                 let stats = Arc::new(OnceLock::new());
-                let op = BatchNormTrain { eps: 1e-3, stats: Arc::clone(&stats) };
+                let op = BatchNormTrain { eps: 1e-3, leaky: None, stats: Arc::clone(&stats) };
                 let out2 = x.as_tensor().apply_op3_no_bwd(&weight, &bias, &op).unwrap();
                 let s = Instant::now();
                 let grads = op.bwd(x.as_tensor(), &weight, &bias, &out2, &g).unwrap();

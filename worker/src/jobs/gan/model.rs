@@ -24,7 +24,7 @@ use candle_nn::{VarBuilder, VarMap};
 use rand::Rng;
 
 use super::conv::{conv2d, conv_transpose2d};
-use super::layers::{bias_add, leaky_relu, BatchNorm};
+use super::layers::{bias_add, bias_leaky_dropout, leaky_relu, BatchNorm};
 
 /// BatchNorm settings of the tutorial (Keras defaults).
 pub const BN_EPS: f64 = 1e-3;
@@ -99,12 +99,12 @@ impl Generator {
     pub fn forward(&self, z: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         let slope = self.dims.slope;
         let h = z.matmul(var(&self.vars, "dense.w")?)?;
-        let h = leaky_relu(&self.norms[0].forward_t(&h, train)?, slope)?;
+        let h = self.norms[0].forward_leaky_t(&h, train, slope)?;
         let h = h.reshape((z.dim(0)?, 256, 7, 7))?;
         let h = conv_transpose2d(&h, var(&self.vars, "convt1.w")?, 1, 2, 0)?;
-        let h = leaky_relu(&self.norms[1].forward_t(&h, train)?, slope)?;
+        let h = self.norms[1].forward_leaky_t(&h, train, slope)?;
         let h = conv_transpose2d(&h, var(&self.vars, "convt2.w")?, 2, 2, 1)?;
-        let h = leaky_relu(&self.norms[2].forward_t(&h, train)?, slope)?;
+        let h = self.norms[2].forward_leaky_t(&h, train, slope)?;
         conv_transpose2d(&h, var(&self.vars, "convt3.w")?, 2, 2, 1)?.tanh()
     }
 }
@@ -138,32 +138,37 @@ impl Discriminator {
     ) -> candle_core::Result<Tensor> {
         let mut h = images.clone();
         for name in ["conv1", "conv2"] {
-            h = bias_add(
-                &conv2d(&h, var(&self.vars, &format!("{name}.w"))?, 2, 2)?,
-                var(&self.vars, &format!("{name}.b"))?,
-            )?;
-            h = leaky_relu(&h, self.dims.slope)?;
-            if let Some(rng) = dropout_rng.as_deref_mut() {
-                h = dropout(&h, self.dims.dropout, rng)?;
-            }
+            let z = conv2d(&h, var(&self.vars, &format!("{name}.w"))?, 2, 2)?;
+            let bias = var(&self.vars, &format!("{name}.b"))?;
+            h = match dropout_rng.as_deref_mut() {
+                Some(rng) => bias_leaky_dropout(&z, bias, self.dims.slope, &dropout_mask(&z, self.dims.dropout, rng)?)?,
+                None => leaky_relu(&bias_add(&z, bias)?, self.dims.slope)?,
+            };
         }
         let h = h.flatten_from(1)?;
         h.matmul(var(&self.vars, "dense.w")?)?.broadcast_add(var(&self.vars, "dense.b")?)?.squeeze(1)
     }
 }
 
-/// Inverted dropout with a mask drawn from `rng`: each value is zeroed with probability `rate`,
-/// the others scaled by `1 / (1 - rate)`.
-pub fn dropout(x: &Tensor, rate: f64, rng: &mut dyn rand::RngCore) -> candle_core::Result<Tensor> {
+/// An inverted-dropout mask shaped like `x`, drawn from `rng`: each value is 0 with probability
+/// `rate` (to 1/65,536), else `1 / (1 - rate)`.
+pub fn dropout_mask(x: &Tensor, rate: f64, rng: &mut dyn rand::RngCore) -> candle_core::Result<Tensor> {
+    let n = x.elem_count();
     if rate <= 0.0 {
-        return Ok(x.clone());
+        return Tensor::ones(x.shape(), x.dtype(), x.device());
     }
     let keep = 1.0 - rate;
     let scale = (1.0 / keep) as f32;
-    // A value is kept when a uniform 32-bit draw falls below keep * 2^32.
-    let threshold = (keep * 4_294_967_296.0).min(u32::MAX as f64) as u32;
-    let mask: Vec<f32> = (0..x.elem_count()).map(|_| if rng.next_u32() < threshold { scale } else { 0.0 }).collect();
-    x.mul(&Tensor::from_vec(mask, x.shape(), x.device())?)
+    // Four 16-bit draws from each 64-bit one; a value is kept when its draw is below keep * 2^16.
+    let threshold = (keep * 65_536.0).round() as u64;
+    let mut mask = Vec::with_capacity(n);
+    while mask.len() < n {
+        let word = rng.next_u64();
+        for k in 0..4.min(n - mask.len()) {
+            mask.push(if (word >> (16 * k)) & 0xFFFF < threshold { scale } else { 0.0 });
+        }
+    }
+    Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())
 }
 
 #[cfg(test)]
@@ -199,13 +204,16 @@ mod tests {
 
     #[test]
     fn dropout_keeps_the_expected_share_and_scale() {
-        let x = Tensor::ones(10_000, DType::F32, &Device::Cpu).unwrap();
+        let x = Tensor::ones(10_001, DType::F32, &Device::Cpu).unwrap();
         let mut rng = ChaCha8Rng::seed_from_u64(2);
-        let y = dropout(&x, 0.3, &mut rng).unwrap().to_vec1::<f32>().unwrap();
+        let y = dropout_mask(&x, 0.3, &mut rng).unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(y.len(), 10_001);
         let kept = y.iter().filter(|&&v| v > 0.0).count();
-        assert!((6_700..7_300).contains(&kept), "{kept} of 10,000 kept");
+        assert!((6_700..7_300).contains(&kept), "{kept} of 10,001 kept");
         assert!(y.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.7).abs() < 1e-6));
-        let again = dropout(&x, 0.3, &mut ChaCha8Rng::seed_from_u64(2)).unwrap().to_vec1::<f32>().unwrap();
+        let again = dropout_mask(&x, 0.3, &mut ChaCha8Rng::seed_from_u64(2)).unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(y, again, "the same RNG state gives the same mask");
+        let none = dropout_mask(&x, 0.0, &mut rng).unwrap().to_vec1::<f32>().unwrap();
+        assert!(none.iter().all(|&v| v == 1.0));
     }
 }
