@@ -39,7 +39,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
 #[derive(Args, Clone, Debug)]
 pub struct DataArgs {
     /// Data sets directory (holding imdb/plain_text/*.parquet, mnist/*.gz); missing files are
-    /// downloaded from the Hugging Face Hub unless --offline.
+    /// downloaded unless --offline (IMDB from the Hugging Face Hub, MNIST from a public mirror).
     #[arg(long, env = "SWEEP_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
     /// Pretrained models directory (holding all-MiniLM-L6-v2/).

@@ -72,7 +72,10 @@ impl Optimizer {
         self.steps += 1;
         let t = self.steps as i32;
         for (name, var) in vars {
-            let Some(g) = grads.get(var.as_tensor()) else { continue };
+            // Detached: a gradient made by a matmul's backward still tracks the activations it
+            // came from, and moments built on it would keep every step's graph alive.
+            let Some(g) = grads.get(var.as_tensor()).map(Tensor::detach) else { continue };
+            let g = &g;
             let v_old = match self.v.get(name) {
                 Some(v) => v.clone(),
                 None => g.zeros_like()?,
@@ -163,6 +166,31 @@ mod tests {
                 assert!((got - x).abs() < 1e-12, "{kind:?} step {t}: {got} vs {x}");
             }
             assert!(x > 0.3, "{kind:?} moved toward the minimum");
+        }
+    }
+
+    /// A gradient a matmul's backward makes still tracks the activations it came from; moments
+    /// built on it must not, or every step's graph stays alive (a leak of a whole step's
+    /// activations per step, as the DCGAN job once had).
+    #[test]
+    fn moments_hold_no_graph() {
+        let dev = Device::Cpu;
+        let w1 = Var::new(&[[0.5f64, -0.2], [0.1, 0.3]], &dev).unwrap();
+        let w2 = Var::new(&[[1.0f64], [-1.0]], &dev).unwrap();
+        let vars = BTreeMap::from([("w1".to_string(), w1.clone()), ("w2".to_string(), w2.clone())]);
+        let x = Tensor::new(&[[1.0f64, 2.0]], &dev).unwrap();
+        for kind in [OptimizerKind::RmsProp, OptimizerKind::Adam] {
+            let mut opt = Optimizer::new(kind, 0.01);
+            for _ in 0..2 {
+                let h = x.matmul(w1.as_tensor()).unwrap();
+                let loss = h.matmul(w2.as_tensor()).unwrap().sqr().unwrap().sum_all().unwrap();
+                let grads = loss.backward().unwrap();
+                assert!(grads.get(w2.as_tensor()).unwrap().track_op(), "the raw gradient tracks h");
+                opt.step(&vars, &grads).unwrap();
+            }
+            for (name, t) in opt.state().1 {
+                assert!(!t.track_op(), "{kind:?}: {name} keeps a graph");
+            }
         }
     }
 }
