@@ -14,6 +14,7 @@ pub(crate) mod gemm;
 pub mod nlp;
 pub mod rl;
 pub(crate) mod rng;
+pub(crate) mod snapshot;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod trivial;
@@ -135,6 +136,49 @@ pub trait Job: Send {
     fn restore(&mut self, checkpoint: &Checkpoint) -> Result<(), JobError>;
 }
 
+/// Checks every parameter of `schema` in `params` against its kind (range, choices); the error
+/// names the parameter.
+pub(crate) fn admit_params(schema: &JobSchema, params: &Params) -> Result<(), JobError> {
+    for spec in &schema.params {
+        spec.kind
+            .admit(params.get(spec.name)?.clone())
+            .map_err(|reason| JobError::InvalidParams(format!("{}: {reason}", spec.name)))?;
+    }
+    Ok(())
+}
+
+/// An integer parameter as a size.
+pub(crate) fn size_param(params: &Params, name: &str) -> Result<usize, JobError> {
+    usize::try_from(params.u64(name)?).map_err(|e| JobError::InvalidParams(format!("{name}: {e}")))
+}
+
+/// The factory of a job kind that needs the worker's [`JobEnv`] (data paths, device): its schema,
+/// and a function building one trial's job from its params, seed and the env.
+pub struct EnvFactory {
+    schema: JobSchema,
+    env: JobEnv,
+    build: BuildJob,
+}
+
+/// Builds one trial's job from its params, seed and the worker's env.
+pub type BuildJob = fn(&Params, u64, &JobEnv) -> Result<Box<dyn Job>, JobError>;
+
+impl EnvFactory {
+    pub fn new(schema: JobSchema, env: JobEnv, build: BuildJob) -> Self {
+        EnvFactory { schema, env, build }
+    }
+}
+
+impl JobFactory for EnvFactory {
+    fn schema(&self) -> &JobSchema {
+        &self.schema
+    }
+
+    fn create(&self, params: &Params, seed: u64) -> Result<Box<dyn Job>, JobError> {
+        (self.build)(params, seed, &self.env)
+    }
+}
+
 /// A job kind: its parameter schema and a constructor.
 pub trait JobFactory: Send + Sync {
     fn schema(&self) -> &JobSchema;
@@ -182,9 +226,9 @@ impl JobRegistry {
         JobRegistry {
             factories: vec![
                 Box::new(rl::qtable::QTableFactory::new()),
-                Box::new(nlp::sentiment::SentimentFactory::new(env.clone())),
-                Box::new(nlp::bert_sentiment::BertSentimentFactory::new(env.clone())),
-                Box::new(gan::dcgan::DcganFactory::new(env.clone())),
+                Box::new(nlp::sentiment::factory(env.clone())),
+                Box::new(nlp::bert_sentiment::factory(env.clone())),
+                Box::new(gan::dcgan::factory(env.clone())),
                 Box::new(trivial::TrivialFactory::new()),
             ],
         }

@@ -31,7 +31,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
-use sweep_shared::checkpoint::{Checkpoint, TensorBlob};
+use sweep_shared::checkpoint::Checkpoint;
 use sweep_shared::params::{JobSchema, ParamKind, ParamSpec, ParamValue, Params};
 
 use super::grid::{png_grid, GridLayout};
@@ -39,10 +39,11 @@ use super::mnist::{self, ROWS};
 use super::model::{Discriminator, GanDims, Generator};
 use super::quality::{Classifier, Gaussian, Quality, TrainConfig};
 use crate::data::DataPaths;
-use crate::jobs::nlp::models::{bce_with_logits, host_weights, set_weight};
+use crate::jobs::nlp::models::{bce_with_logits, host_weights};
 use crate::jobs::nlp::optim::Optimizer;
 use crate::jobs::rng::RngState;
-use crate::jobs::{Job, JobContext, JobEnv, JobError, JobFactory};
+use crate::jobs::snapshot::{get_tensor, put_optimizer, put_tensor, put_vars, restore_optimizer, restore_vars};
+use crate::jobs::{admit_params, size_param, EnvFactory, Job, JobContext, JobEnv, JobError};
 
 pub const KIND: &str = "mnist-dcgan";
 
@@ -102,14 +103,8 @@ pub struct DcganConfig {
 
 impl DcganConfig {
     pub fn from_params(params: &Params) -> Result<Self, JobError> {
-        for spec in schema().params {
-            spec.kind
-                .admit(params.get(spec.name)?.clone())
-                .map_err(|reason| JobError::InvalidParams(format!("{}: {reason}", spec.name)))?;
-        }
-        let size = |name: &str| -> Result<usize, JobError> {
-            usize::try_from(params.u64(name)?).map_err(|e| JobError::InvalidParams(format!("{name}: {e}")))
-        };
+        admit_params(&schema(), params)?;
+        let size = |name: &str| size_param(params, name);
         Ok(DcganConfig {
             gen_lr: params.f64("gen_lr")?,
             disc_lr: params.f64("disc_lr")?,
@@ -131,27 +126,12 @@ impl DcganConfig {
     }
 }
 
-/// Builds `mnist-dcgan` jobs.
-pub struct DcganFactory {
-    schema: JobSchema,
-    env: JobEnv,
-}
-
-impl DcganFactory {
-    pub fn new(env: JobEnv) -> Self {
-        DcganFactory { schema: schema(), env }
-    }
-}
-
-impl JobFactory for DcganFactory {
-    fn schema(&self) -> &JobSchema {
-        &self.schema
-    }
-
-    fn create(&self, params: &Params, seed: u64) -> Result<Box<dyn Job>, JobError> {
+/// The `mnist-dcgan` job kind.
+pub fn factory(env: JobEnv) -> EnvFactory {
+    EnvFactory::new(schema(), env, |params, seed, env| {
         let config = DcganConfig::from_params(params)?;
-        Ok(Box::new(DcganJob::new(config, seed, self.env.paths.clone(), self.env.candle_device()?)?))
-    }
+        Ok(Box::new(DcganJob::new(config, seed, env.paths.clone(), env.candle_device()?)?))
+    })
 }
 
 /// What a checkpoint holds besides tensors.
@@ -407,36 +387,6 @@ fn failed(e: candle_core::Error) -> JobError {
     JobError::Failed(format!("candle: {e}"))
 }
 
-/// Named tensors into a checkpoint under `prefix.`.
-fn put_vars(mut checkpoint: Checkpoint, prefix: &str, vars: &BTreeMap<String, Var>) -> Result<Checkpoint, JobError> {
-    for (name, shape, data) in host_weights(vars).map_err(failed)? {
-        checkpoint = checkpoint.with_tensor(&format!("{prefix}.{name}"), TensorBlob::from_f32(shape, &data));
-    }
-    Ok(checkpoint)
-}
-
-fn put_tensor(checkpoint: Checkpoint, name: &str, tensor: &Tensor) -> Result<Checkpoint, JobError> {
-    let data = tensor.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(failed)?;
-    Ok(checkpoint.with_tensor(name, TensorBlob::from_f32(tensor.dims().to_vec(), &data)))
-}
-
-fn get_tensor(checkpoint: &Checkpoint, name: &str, device: &Device) -> Result<Tensor, JobError> {
-    let blob = checkpoint.tensor(name)?;
-    let data = blob.to_f32().ok_or_else(|| JobError::Failed(format!("checkpoint tensor {name} is not f32")))?;
-    Tensor::from_vec(data, blob.shape.as_slice(), device).map_err(failed)
-}
-
-/// The optimizer moments stored under `prefix.`.
-fn optimizer_state(checkpoint: &Checkpoint, prefix: &str, device: &Device) -> Result<Vec<(String, Tensor)>, JobError> {
-    let mut out = Vec::new();
-    for key in checkpoint.tensors.keys() {
-        if let Some(name) = key.strip_prefix(prefix).and_then(|k| k.strip_prefix('.')) {
-            out.push((name.to_string(), get_tensor(checkpoint, key, device)?));
-        }
-    }
-    Ok(out)
-}
-
 impl Job for DcganJob {
     fn run(&mut self, ctx: &mut JobContext<'_>) -> Result<(), JobError> {
         self.ensure_data(ctx)?;
@@ -451,13 +401,11 @@ impl Job for DcganJob {
     }
 
     fn checkpoint(&self) -> Result<Checkpoint, JobError> {
-        let (gen_steps, gen_moments) = self.gen_opt.state();
-        let (disc_steps, disc_moments) = self.disc_opt.state();
         let header = DcganHeader {
             epoch: self.epoch,
             global_step: self.global_step,
-            gen_optimizer_steps: gen_steps,
-            disc_optimizer_steps: disc_steps,
+            gen_optimizer_steps: self.gen_opt.steps(),
+            disc_optimizer_steps: self.disc_opt.steps(),
             rng: RngState::of(&self.rng),
         };
         let mut checkpoint = Checkpoint::new(KIND, self.global_step, &header)?;
@@ -468,33 +416,21 @@ impl Job for DcganJob {
             checkpoint = put_tensor(checkpoint, &format!("bn{i}.running_mean"), &mean)?;
             checkpoint = put_tensor(checkpoint, &format!("bn{i}.running_var"), &var)?;
         }
-        for (name, t) in gen_moments {
-            checkpoint = put_tensor(checkpoint, &format!("gopt.{name}"), &t)?;
-        }
-        for (name, t) in disc_moments {
-            checkpoint = put_tensor(checkpoint, &format!("dopt.{name}"), &t)?;
-        }
-        Ok(checkpoint)
+        checkpoint = put_optimizer(checkpoint, "gopt", &self.gen_opt)?;
+        put_optimizer(checkpoint, "dopt", &self.disc_opt)
     }
 
     fn restore(&mut self, checkpoint: &Checkpoint) -> Result<(), JobError> {
         let header: DcganHeader = checkpoint.header(KIND)?;
-        for (prefix, vars) in [("g", &self.gen.vars), ("d", &self.disc.vars)] {
-            for name in vars.keys() {
-                let key = format!("{prefix}.{name}");
-                let blob = checkpoint.tensor(&key)?;
-                let data =
-                    blob.to_f32().ok_or_else(|| JobError::Failed(format!("checkpoint tensor {key} is not f32")))?;
-                set_weight(vars, name, &blob.shape, data).map_err(failed)?;
-            }
-        }
+        restore_vars(checkpoint, "g", &self.gen.vars)?;
+        restore_vars(checkpoint, "d", &self.disc.vars)?;
         for (i, norm) in self.gen.norms.iter().enumerate() {
             let mean = get_tensor(checkpoint, &format!("bn{i}.running_mean"), &self.device)?;
             let var = get_tensor(checkpoint, &format!("bn{i}.running_var"), &self.device)?;
             norm.set_running(&mean, &var).map_err(failed)?;
         }
-        self.gen_opt.restore(header.gen_optimizer_steps, optimizer_state(checkpoint, "gopt", &self.device)?);
-        self.disc_opt.restore(header.disc_optimizer_steps, optimizer_state(checkpoint, "dopt", &self.device)?);
+        restore_optimizer(checkpoint, "gopt", &mut self.gen_opt, header.gen_optimizer_steps, &self.device)?;
+        restore_optimizer(checkpoint, "dopt", &mut self.disc_opt, header.disc_optimizer_steps, &self.device)?;
         self.rng = header.rng.to_rng()?;
         self.epoch = header.epoch;
         self.global_step = header.global_step;

@@ -39,7 +39,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use sweep_shared::checkpoint::{Checkpoint, TensorBlob};
+use sweep_shared::checkpoint::Checkpoint;
 use sweep_shared::params::{JobSchema, ParamKind, ParamSpec, ParamValue, Params};
 
 use super::bert::{EncoderError, SentenceEncoder};
@@ -49,7 +49,8 @@ use super::models::{bce_with_logits, correct, host_weights, set_weight, NamedWei
 use super::optim::{Optimizer, OptimizerKind};
 use crate::data::DataPaths;
 use crate::jobs::rng::RngState;
-use crate::jobs::{Job, JobContext, JobEnv, JobError, JobFactory};
+use crate::jobs::snapshot::{put_optimizer, put_vars, restore_optimizer, restore_vars};
+use crate::jobs::{admit_params, size_param, EnvFactory, Job, JobContext, JobEnv, JobError};
 
 pub const KIND: &str = "imdb-bert";
 
@@ -113,14 +114,8 @@ pub struct BertConfig {
 
 impl BertConfig {
     pub fn from_params(params: &Params) -> Result<Self, JobError> {
-        for spec in schema().params {
-            spec.kind
-                .admit(params.get(spec.name)?.clone())
-                .map_err(|reason| JobError::InvalidParams(format!("{}: {reason}", spec.name)))?;
-        }
-        let size = |name: &str| -> Result<usize, JobError> {
-            usize::try_from(params.u64(name)?).map_err(|e| JobError::InvalidParams(format!("{name}: {e}")))
-        };
+        admit_params(&schema(), params)?;
+        let size = |name: &str| size_param(params, name);
         let samples = |name: &str| -> Result<usize, JobError> {
             Ok(match size(name)? {
                 0 => imdb::SPLIT_SIZE,
@@ -143,27 +138,12 @@ impl BertConfig {
     }
 }
 
-/// Builds `imdb-bert` jobs.
-pub struct BertSentimentFactory {
-    schema: JobSchema,
-    env: JobEnv,
-}
-
-impl BertSentimentFactory {
-    pub fn new(env: JobEnv) -> Self {
-        BertSentimentFactory { schema: schema(), env }
-    }
-}
-
-impl JobFactory for BertSentimentFactory {
-    fn schema(&self) -> &JobSchema {
-        &self.schema
-    }
-
-    fn create(&self, params: &Params, seed: u64) -> Result<Box<dyn Job>, JobError> {
+/// The `imdb-bert` job kind.
+pub fn factory(env: JobEnv) -> EnvFactory {
+    EnvFactory::new(schema(), env, |params, seed, env| {
         let config = BertConfig::from_params(params)?;
-        Ok(Box::new(BertSentimentJob::new(config, seed, self.env.paths.clone(), self.env.candle_device()?)?))
-    }
+        Ok(Box::new(BertSentimentJob::new(config, seed, env.paths.clone(), env.candle_device()?)?))
+    })
 }
 
 /// What a checkpoint holds besides tensors.
@@ -457,43 +437,20 @@ impl Job for BertSentimentJob {
     }
 
     fn checkpoint(&self) -> Result<Checkpoint, JobError> {
-        let (optimizer_steps, moments) = self.optimizer.state();
         let header = BertHeader {
             epoch: self.epoch,
             global_step: self.global_step,
-            optimizer_steps,
+            optimizer_steps: self.optimizer.steps(),
             rng: RngState::of(&self.rng),
         };
-        let mut checkpoint = Checkpoint::new(KIND, self.global_step, &header)?;
-        for (name, shape, data) in self.head.weights().map_err(failed)? {
-            checkpoint = checkpoint.with_tensor(&format!("w.{name}"), TensorBlob::from_f32(shape, &data));
-        }
-        for (name, tensor) in moments {
-            let data = tensor.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(failed)?;
-            checkpoint =
-                checkpoint.with_tensor(&format!("opt.{name}"), TensorBlob::from_f32(tensor.dims().to_vec(), &data));
-        }
-        Ok(checkpoint)
+        let checkpoint = Checkpoint::new(KIND, self.global_step, &header)?;
+        put_optimizer(put_vars(checkpoint, "w", &self.head.vars)?, "opt", &self.optimizer)
     }
 
     fn restore(&mut self, checkpoint: &Checkpoint) -> Result<(), JobError> {
         let header: BertHeader = checkpoint.header(KIND)?;
-        let as_f32 = |name: &str, blob: &TensorBlob| {
-            blob.to_f32().ok_or_else(|| JobError::Failed(format!("checkpoint tensor {name} is not f32")))
-        };
-        for name in self.head.vars.keys() {
-            let key = format!("w.{name}");
-            let blob = checkpoint.tensor(&key)?;
-            self.head.set(name, &blob.shape, as_f32(&key, blob)?).map_err(failed)?;
-        }
-        let mut moments = Vec::new();
-        for (key, blob) in &checkpoint.tensors {
-            if let Some(name) = key.strip_prefix("opt.") {
-                let t = Tensor::from_vec(as_f32(key, blob)?, blob.shape.as_slice(), &self.device).map_err(failed)?;
-                moments.push((name.to_string(), t));
-            }
-        }
-        self.optimizer.restore(header.optimizer_steps, moments);
+        restore_vars(checkpoint, "w", &self.head.vars)?;
+        restore_optimizer(checkpoint, "opt", &mut self.optimizer, header.optimizer_steps, &self.device)?;
         self.rng = header.rng.to_rng()?;
         self.epoch = header.epoch;
         self.global_step = header.global_step;
@@ -506,7 +463,7 @@ mod tests {
     use super::super::bert::fresh_test_paths;
     use super::*;
     use crate::jobs::testing::{metric, params_with, Recorded, SaveAt};
-    use crate::jobs::{CancelFlag, CheckpointSink, NoCheckpoints};
+    use crate::jobs::{CancelFlag, CheckpointSink, JobFactory, NoCheckpoints};
 
     fn params(overrides: &[(&str, ParamValue)]) -> Params {
         params_with(&schema(), overrides)
@@ -610,7 +567,7 @@ mod tests {
     #[test]
     fn the_factory_runs_a_trial_end_to_end_and_caches_its_vectors() {
         let (paths, _cache) = fresh_test_paths();
-        let factory = BertSentimentFactory::new(JobEnv { paths: paths.clone(), device: crate::config::Device::Cpu });
+        let factory = factory(JobEnv { paths: paths.clone(), device: crate::config::Device::Cpu });
         let p = params(&[
             ("train_samples", ParamValue::Int(10)),
             ("test_samples", ParamValue::Int(5)),

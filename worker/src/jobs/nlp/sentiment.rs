@@ -26,7 +26,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use sweep_shared::checkpoint::{Checkpoint, TensorBlob};
+use sweep_shared::checkpoint::Checkpoint;
 use sweep_shared::params::{JobSchema, ParamKind, ParamSpec, ParamValue, Params};
 
 use super::imdb::{self, ImdbTokens, Sequences};
@@ -34,7 +34,8 @@ use super::models::{bce_with_logits, correct, Arch, ModelDims, SentimentModel};
 use super::optim::{Optimizer, OptimizerKind};
 use crate::data::DataPaths;
 use crate::jobs::rng::RngState;
-use crate::jobs::{Job, JobContext, JobEnv, JobError, JobFactory};
+use crate::jobs::snapshot::{put_optimizer, put_vars, restore_optimizer, restore_vars};
+use crate::jobs::{admit_params, size_param, EnvFactory, Job, JobContext, JobEnv, JobError};
 
 pub const KIND: &str = "imdb-sentiment";
 
@@ -109,14 +110,8 @@ pub struct SentimentConfig {
 
 impl SentimentConfig {
     pub fn from_params(params: &Params) -> Result<Self, JobError> {
-        for spec in schema().params {
-            spec.kind
-                .admit(params.get(spec.name)?.clone())
-                .map_err(|reason| JobError::InvalidParams(format!("{}: {reason}", spec.name)))?;
-        }
-        let size = |name: &str| -> Result<usize, JobError> {
-            usize::try_from(params.u64(name)?).map_err(|e| JobError::InvalidParams(format!("{name}: {e}")))
-        };
+        admit_params(&schema(), params)?;
+        let size = |name: &str| size_param(params, name);
         let model = params.str("model")?;
         let optimizer = params.str("optimizer")?;
         Ok(SentimentConfig {
@@ -141,27 +136,12 @@ impl SentimentConfig {
     }
 }
 
-/// Builds `imdb-sentiment` jobs.
-pub struct SentimentFactory {
-    schema: JobSchema,
-    env: JobEnv,
-}
-
-impl SentimentFactory {
-    pub fn new(env: JobEnv) -> Self {
-        SentimentFactory { schema: schema(), env }
-    }
-}
-
-impl JobFactory for SentimentFactory {
-    fn schema(&self) -> &JobSchema {
-        &self.schema
-    }
-
-    fn create(&self, params: &Params, seed: u64) -> Result<Box<dyn Job>, JobError> {
+/// The `imdb-sentiment` job kind.
+pub fn factory(env: JobEnv) -> EnvFactory {
+    EnvFactory::new(schema(), env, |params, seed, env| {
         let config = SentimentConfig::from_params(params)?;
-        Ok(Box::new(SentimentJob::new(config, seed, self.env.paths.clone(), self.env.candle_device()?)?))
-    }
+        Ok(Box::new(SentimentJob::new(config, seed, env.paths.clone(), env.candle_device()?)?))
+    })
 }
 
 /// What a checkpoint holds besides tensors.
@@ -359,43 +339,20 @@ impl Job for SentimentJob {
     }
 
     fn checkpoint(&self) -> Result<Checkpoint, JobError> {
-        let (optimizer_steps, moments) = self.optimizer.state();
         let header = SentimentHeader {
             epoch: self.epoch,
             global_step: self.global_step,
-            optimizer_steps,
+            optimizer_steps: self.optimizer.steps(),
             rng: RngState::of(&self.rng),
         };
-        let mut checkpoint = Checkpoint::new(KIND, self.global_step, &header)?;
-        for (name, shape, data) in self.model.weights().map_err(failed)? {
-            checkpoint = checkpoint.with_tensor(&format!("w.{name}"), TensorBlob::from_f32(shape, &data));
-        }
-        for (name, tensor) in moments {
-            let data = tensor.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(failed)?;
-            checkpoint =
-                checkpoint.with_tensor(&format!("opt.{name}"), TensorBlob::from_f32(tensor.dims().to_vec(), &data));
-        }
-        Ok(checkpoint)
+        let checkpoint = Checkpoint::new(KIND, self.global_step, &header)?;
+        put_optimizer(put_vars(checkpoint, "w", &self.model.vars)?, "opt", &self.optimizer)
     }
 
     fn restore(&mut self, checkpoint: &Checkpoint) -> Result<(), JobError> {
         let header: SentimentHeader = checkpoint.header(KIND)?;
-        let as_f32 = |name: &str, blob: &TensorBlob| {
-            blob.to_f32().ok_or_else(|| JobError::Failed(format!("checkpoint tensor {name} is not f32")))
-        };
-        for name in self.model.vars.keys() {
-            let key = format!("w.{name}");
-            let blob = checkpoint.tensor(&key)?;
-            self.model.set(name, &blob.shape, as_f32(&key, blob)?).map_err(failed)?;
-        }
-        let mut moments = Vec::new();
-        for (key, blob) in &checkpoint.tensors {
-            if let Some(name) = key.strip_prefix("opt.") {
-                let t = Tensor::from_vec(as_f32(key, blob)?, blob.shape.as_slice(), &self.device).map_err(failed)?;
-                moments.push((name.to_string(), t));
-            }
-        }
-        self.optimizer.restore(header.optimizer_steps, moments);
+        restore_vars(checkpoint, "w", &self.model.vars)?;
+        restore_optimizer(checkpoint, "opt", &mut self.optimizer, header.optimizer_steps, &self.device)?;
         self.rng = header.rng.to_rng()?;
         self.epoch = header.epoch;
         self.global_step = header.global_step;
