@@ -197,6 +197,53 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
     std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
 }
 
+/// A lock untouched this long belonged to a process that died, and is taken over.
+pub const STALE_LOCK: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// An exclusive claim on making one cache file: `<file>.lock`, created with `create_new` (atomic
+/// on local file systems), touched while the work goes on, removed on drop. Concurrent trials (in
+/// other processes too) that find it wait for the file instead of making it twice.
+pub struct FileLock {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl FileLock {
+    /// Takes the lock of the file at `target`, or `None` while a live process holds it; `what`
+    /// names the work in the log when a stale lock is taken over.
+    pub fn acquire(target: &Path, what: &str) -> Result<Option<FileLock>, DataError> {
+        let path = target.with_extension("lock");
+        for _ in 0..2 {
+            match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(file) => return Ok(Some(FileLock { path, file })),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let age = std::fs::metadata(&path).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+                    match age {
+                        Some(age) if age > STALE_LOCK => {
+                            tracing::warn!(path = %path.display(), "taking over a stale {what} lock");
+                            let _ = std::fs::remove_file(&path);
+                        }
+                        _ => return Ok(None),
+                    }
+                }
+                Err(e) => return Err(DataError::io(&path, e)),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Tells waiting processes the owner is alive.
+    pub fn touch(&self) {
+        let _ = self.file.set_modified(std::time::SystemTime::now());
+    }
+}
+
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// The data and models the tests use: `SWEEP_DATA_DIR` / `SWEEP_MODELS_DIR` when set, else
 /// `../shared/data` and `../shared/models` beside the project (as in CI); downloads off; a cache
 /// in the system temp dir shared by test runs (its entries are keyed and checked like any cache).

@@ -32,9 +32,8 @@
 //!    0.987 test accuracy in about 2 minutes on two busy CPU cores (one epoch stops near 0.979).
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{File, OpenOptions};
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor, Var, D};
 use rand::seq::SliceRandom;
@@ -45,7 +44,7 @@ use sha2::{Digest, Sha256};
 
 use super::conv::conv2d;
 use super::mnist::{self, Mnist, Split, COLS, ROWS};
-use crate::data::{write_atomic, DataError, DataPaths};
+use crate::data::{write_atomic, DataError, DataPaths, FileLock};
 use crate::jobs::nlp::optim::{Optimizer, OptimizerKind};
 use crate::jobs::JobError;
 
@@ -54,7 +53,7 @@ pub const CLASSIFIER_VERSION: u32 = 1;
 
 /// A training lock older than this was left by a process that died (training touches it after
 /// every batch, a fraction of a second apart).
-pub const STALE_LOCK: Duration = Duration::from_secs(120);
+pub use crate::data::STALE_LOCK;
 
 /// How often a load waiting for another process's training looks again.
 const POLL: Duration = Duration::from_millis(500);
@@ -194,7 +193,7 @@ impl Classifier {
             if let Some(classifier) = read_cache(&path, &key, device)? {
                 return Ok((classifier, Origin::Cached));
             }
-            let Some(lock) = TrainingLock::acquire(&path).map_err(data_failed)? else {
+            let Some(lock) = FileLock::acquire(&path, "classifier training").map_err(data_failed)? else {
                 if cancelled() {
                     return Err(JobError::Cancelled);
                 }
@@ -481,7 +480,7 @@ fn train(
     mnist: &Mnist,
     config: &TrainConfig,
     device: &Device,
-    lock: &TrainingLock,
+    lock: &FileLock,
     cancelled: &dyn Fn() -> bool,
 ) -> Result<BTreeMap<String, Var>, JobError> {
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
@@ -652,53 +651,13 @@ fn parse_cache(bytes: &[u8], key: &str) -> Result<(BTreeMap<&'static str, Vec<f3
     Ok((weights, test_accuracy))
 }
 
-/// An exclusive claim on training: `classifier-<key>.lock`, created with `create_new` (atomic on
-/// local file systems), touched while training goes on, removed on drop. `nlp::imdb_embed`'s chunk
-/// lock, for one file.
-struct TrainingLock {
-    path: PathBuf,
-    file: File,
-}
-
-impl TrainingLock {
-    /// Takes the lock of the cache file at `cache`, or `None` while a live process holds it.
-    fn acquire(cache: &Path) -> Result<Option<TrainingLock>, DataError> {
-        let path = cache.with_extension("lock");
-        for _ in 0..2 {
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(file) => return Ok(Some(TrainingLock { path, file })),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let age = std::fs::metadata(&path).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
-                    match age {
-                        Some(age) if age > STALE_LOCK => {
-                            tracing::warn!(path = %path.display(), "taking over a stale classifier training lock");
-                            let _ = std::fs::remove_file(&path);
-                        }
-                        _ => return Ok(None),
-                    }
-                }
-                Err(e) => return Err(DataError::io(&path, e)),
-            }
-        }
-        Ok(None)
-    }
-
-    /// Tells waiting processes the owner is alive.
-    fn touch(&self) {
-        let _ = self.file.set_modified(SystemTime::now());
-    }
-}
-
-impl Drop for TrainingLock {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::File;
+    use std::path::PathBuf;
     use std::sync::OnceLock;
+    use std::time::SystemTime;
 
     const NEVER: &dyn Fn() -> bool = &|| false;
 

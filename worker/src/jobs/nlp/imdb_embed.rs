@@ -24,9 +24,8 @@
 //! Labels are not cached: they come from the split file, which is read anyway for the texts.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -36,7 +35,7 @@ use sha2::{Digest, Sha256};
 
 use super::bert::{EncoderError, SentenceEncoder};
 use super::imdb::{self, read_reviews};
-use crate::data::{sha256_file, write_atomic, DataError, DataFile, DataPaths};
+use crate::data::{sha256_file, write_atomic, DataError, DataFile, DataPaths, FileLock};
 
 /// Bump when embedding changes (text cleaning, pooling), so old caches are not reused.
 pub const CACHE_VERSION: u32 = 1;
@@ -53,7 +52,7 @@ pub const BATCH_TOKENS: usize = 2048;
 const ORDER_SEED: u64 = 0x1DB_0B0E;
 
 /// A chunk lock older than this was left by a process that died.
-pub const STALE_LOCK: Duration = Duration::from_secs(120);
+pub use crate::data::STALE_LOCK;
 
 /// How often a load waiting for another process's chunk looks again.
 const POLL: Duration = Duration::from_millis(500);
@@ -180,7 +179,7 @@ impl<'a> EmbeddingCache<'a> {
                     *slot = Some(vectors);
                     continue;
                 }
-                let Some(lock) = ChunkLock::acquire(&path)? else {
+                let Some(lock) = FileLock::acquire(&path, "embedding")? else {
                     waiting = true;
                     continue;
                 };
@@ -259,7 +258,7 @@ impl<'a> EmbeddingCache<'a> {
         rows: &[usize],
         texts: &[String],
         max_tokens: usize,
-        lock: &ChunkLock,
+        lock: &FileLock,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<Vec<f32>, EncoderError> {
         let ids = rows
@@ -338,53 +337,13 @@ fn parse_chunk(bytes: &[u8], rows: usize, dim: usize, max_tokens: usize) -> Resu
     Ok(vectors)
 }
 
-/// An exclusive claim on embedding one chunk: `chunk-NNNNN.lock`, created with `create_new`
-/// (atomic on local file systems), touched while work goes on, removed on drop.
-struct ChunkLock {
-    path: PathBuf,
-    file: File,
-}
-
-impl ChunkLock {
-    /// Takes the lock of the chunk at `chunk`, or `None` while a live process holds it.
-    fn acquire(chunk: &Path) -> Result<Option<ChunkLock>, DataError> {
-        let path = chunk.with_extension("lock");
-        for _ in 0..2 {
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(file) => return Ok(Some(ChunkLock { path, file })),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let age = std::fs::metadata(&path).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
-                    match age {
-                        Some(age) if age > STALE_LOCK => {
-                            tracing::warn!(path = %path.display(), "taking over a stale embedding lock");
-                            let _ = std::fs::remove_file(&path);
-                        }
-                        _ => return Ok(None),
-                    }
-                }
-                Err(e) => return Err(DataError::io(&path, e)),
-            }
-        }
-        Ok(None)
-    }
-
-    /// Tells waiting processes the owner is alive.
-    fn touch(&self) {
-        let _ = self.file.set_modified(SystemTime::now());
-    }
-}
-
-impl Drop for ChunkLock {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::bert::fresh_test_paths;
     use super::*;
     use candle_core::Device;
+    use std::fs::File;
+    use std::time::SystemTime;
 
     const NEVER: &dyn Fn() -> bool = &|| false;
 
