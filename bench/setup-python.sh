@@ -17,7 +17,8 @@ venv="$here/.venv"
     "gymnasium==1.2.0" \
     "numpy==2.2.6" \
     "pyarrow==26.0.1" \
-    "keras-preprocessing==1.1.2" "six==1.17.0"
+    "keras-preprocessing==1.1.2" "six==1.17.0" \
+    "scipy==1.16.3"
 # PyTorch for CPU use. PyPI's only Linux x86_64 torch wheel is the CUDA build and only PyPI is
 # reachable, so install it --no-deps with just the CUDA wheels whose libraries libtorch links
 # against (needed at import even on CPU; ~2.3 GB in all), skipping triton, cusolver (loaded lazily),

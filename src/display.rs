@@ -50,25 +50,71 @@ fn varying_keys(sets: &[BTreeMap<String, Value>]) -> Vec<String> {
 pub fn best_table(best: &BestResponse) -> Table {
     let sets: Vec<_> = best.configs.iter().map(|c| params_of(&c.params_json)).collect();
     let keys = varying_keys(&sets);
-    let mut header = vec!["rank"];
-    header.extend(keys.iter().map(String::as_str));
-    let objective = format!("{} ({}) mean ± std", best.metric, best.goal);
-    header.extend([objective.as_str(), "n", "min", "max"]);
-    let mut t = table(header);
+    let mut header = vec!["rank".to_string()];
+    header.extend(keys.iter().cloned());
+    header.push(format!("{} ({}) mean ± std", best.metric, best.goal));
+    header.extend(["95% CI", "median", "min", "max", "n"].map(String::from));
+    if let Some(target) = best.target {
+        header.push(format!("reached {}", number(target)));
+    }
+    let mut t = table(header.iter().map(String::as_str).collect());
+    let right = |text: String| Cell::new(text).set_alignment(CellAlignment::Right);
     for (i, (config, params)) in best.configs.iter().zip(&sets).enumerate() {
         let mut row = vec![Cell::new(i + 1)];
         for key in &keys {
             row.push(Cell::new(params.get(key).map(value_text).unwrap_or_default()));
         }
-        row.push(
-            Cell::new(format!("{} ± {}", number(config.mean), number(config.std))).set_alignment(CellAlignment::Right),
-        );
+        row.push(right(format!("{} ± {}", number(config.mean), number(config.std))));
+        row.push(right(if config.n > 1 {
+            format!("[{}, {}]", number(config.ci_low), number(config.ci_high))
+        } else {
+            "-".into()
+        }));
+        row.push(right(number(config.median)));
+        row.push(right(number(config.min)));
+        row.push(right(number(config.max)));
         row.push(Cell::new(format!("{}/{}", config.n, config.seeds_total)));
-        row.push(Cell::new(number(config.min)));
-        row.push(Cell::new(number(config.max)));
+        if best.target.is_some() {
+            let reached = config.reached.unwrap_or(0);
+            row.push(right(format!(
+                "{reached}/{} ({:.0}%)",
+                config.n,
+                100.0 * reached as f64 / config.n.max(1) as f64
+            )));
+        }
         t.add_row(row);
     }
     t
+}
+
+/// The same rows as [`best_table`], as CSV with every parameter in its own column.
+pub fn best_csv(best: &BestResponse) -> String {
+    let sets: Vec<_> = best.configs.iter().map(|c| params_of(&c.params_json)).collect();
+    let keys: Vec<String> = sets.iter().flat_map(|s| s.keys().cloned()).collect::<BTreeSet<_>>().into_iter().collect();
+    let field = |text: String| {
+        if text.contains([',', '"', '\n', '\r']) {
+            format!("\"{}\"", text.replace('"', "\"\""))
+        } else {
+            text
+        }
+    };
+    let mut header = vec!["rank".to_string(), "config_id".to_string()];
+    header.extend(keys.iter().cloned());
+    header.extend(
+        ["n", "seeds_total", "mean", "std", "ci_low", "ci_high", "median", "min", "max", "reached", "reached_share"]
+            .map(String::from),
+    );
+    let mut out = header.into_iter().map(field).collect::<Vec<_>>().join(",") + "\n";
+    for (i, (c, params)) in best.configs.iter().zip(&sets).enumerate() {
+        let mut row = vec![(i + 1).to_string(), c.config_id.clone()];
+        row.extend(keys.iter().map(|k| params.get(k).map(value_text).unwrap_or_default()));
+        row.extend([c.n.to_string(), c.seeds_total.to_string()]);
+        row.extend([c.mean, c.std, c.ci_low, c.ci_high, c.median, c.min, c.max].map(|v| v.to_string()));
+        row.push(c.reached.map(|r| r.to_string()).unwrap_or_default());
+        row.push(c.reached.map(|r| (r as f64 / c.n.max(1) as f64).to_string()).unwrap_or_default());
+        out += &(row.into_iter().map(field).collect::<Vec<_>>().join(",") + "\n");
+    }
+    out
 }
 
 pub fn status_table(sweeps: &[SweepStatus]) -> Table {

@@ -929,9 +929,12 @@ async fn hostile_id_everywhere(
         ),
         (
             "best",
-            bounded(CALL_LIMIT, sweeps.best(BestRequest { sweep_id: id.to_string(), top: u32::MAX }))
-                .await
-                .map(drop_reply),
+            bounded(
+                CALL_LIMIT,
+                sweeps.best(BestRequest { sweep_id: id.to_string(), top: u32::MAX, rank_by: "median".into() }),
+            )
+            .await
+            .map(drop_reply),
         ),
         (
             "cancel",
@@ -1188,7 +1191,11 @@ async fn hostile_sweep_reads_back(
     tally.record("status of the hostile sweep", answer.map(|r| r.map(|r| r.into_inner())), OK);
     let answer = bounded(CALL_LIMIT, sweeps.list_trials(ListTrialsRequest { sweep_id: hostile.to_string() })).await;
     tally.record("trials of the hostile sweep", answer.map(|r| r.map(|r| r.into_inner().trials.len())), OK);
-    let answer = bounded(CALL_LIMIT, sweeps.best(BestRequest { sweep_id: hostile.to_string(), top: u32::MAX })).await;
+    let answer = bounded(
+        CALL_LIMIT,
+        sweeps.best(BestRequest { sweep_id: hostile.to_string(), top: u32::MAX, rank_by: "bound".into() }),
+    )
+    .await;
     tally.record("best of the hostile sweep", answer.map(|r| r.map(|r| r.into_inner().configs.len())), OK);
     let answer = bounded(CALL_LIMIT, sweeps.export(ExportRequest { sweep_id: hostile.to_string() })).await;
     if let Ok(Ok(export)) = &answer {

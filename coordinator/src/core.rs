@@ -25,10 +25,11 @@ use crate::config::CoordinatorConfig;
 use crate::error::{CoordinatorError, Result};
 use crate::leases::{check_fence, Expiry, LeasePolicy};
 use crate::objective::ObjectiveState;
+use crate::parquet::configs::write_configs;
 use crate::parquet::metrics::MetricsSink;
 use crate::parquet::trials::{trials_path, write_trials};
 use crate::scheduler::{trials_to_assign, WorkerCapacity};
-use crate::stats::{summarize_configs, ConfigStats};
+use crate::stats::{summarize_configs, ConfigStats, RankBy};
 use crate::store::{
     self, ArtifactRow, CheckpointRow, NewPoint, NewTrial, StatusCounts, Store, SweepRow, TrialRow, TrialStatus,
     WorkerRow,
@@ -399,11 +400,11 @@ impl Core {
             .collect())
     }
 
-    /// Configurations ranked by their mean objective over seeds (completed trials only).
-    pub fn best(&self, sweep_id: &SweepId, top: usize) -> Result<(MetricSpec, Vec<ConfigStats>)> {
+    /// Configurations ranked by an aggregate of their objective over seeds (completed trials only).
+    pub fn best(&self, sweep_id: &SweepId, top: usize, by: RankBy) -> Result<(MetricSpec, Vec<ConfigStats>)> {
         let metric = self.metric_of(sweep_id)?;
         let trials = self.trials(sweep_id)?;
-        let mut configs = summarize_configs(&trials, metric.goal);
+        let mut configs = summarize_configs(&trials, &metric, by);
         if top > 0 {
             configs.truncate(top);
         }
@@ -435,9 +436,12 @@ impl Core {
         self.write_trials_file(sweep_id)
     }
 
+    /// Rewrites the sweep's `trials.parquet` and `configs.parquet` (configurations ranked by mean).
     fn write_trials_file(&mut self, sweep_id: &SweepId) -> Result<()> {
         let trials = store::trials_of_sweep(self.store.conn(), sweep_id)?;
         write_trials(&self.config.out_dir, sweep_id.as_str(), &trials)?;
+        let configs = summarize_configs(&trials, &self.metric_of(sweep_id)?, RankBy::Mean);
+        write_configs(&self.config.out_dir, sweep_id.as_str(), &configs)?;
         self.dirty_sweeps.remove(sweep_id);
         Ok(())
     }

@@ -28,6 +28,7 @@ use tracing::debug;
 use crate::core::{BatchOutcome, IncomingBatch, IncomingPoint, StoredCheckpoint, SweepProgress, TrialDetail};
 use crate::error::CoordinatorError;
 use crate::handle::CoordinatorHandle;
+use crate::stats::RankBy;
 use crate::store::{ArtifactRow, CheckpointRow};
 
 /// Longest an acquire call waits for work.
@@ -545,21 +546,31 @@ impl SweepService for Service {
         id_field(&req.sweep_id, "sweep_id")?;
         let sweep_id = SweepId(req.sweep_id);
         let top = req.top as usize;
-        let (metric, configs) = self.handle.call(move |core| core.best(&sweep_id, top)).await?;
+        let by: RankBy = req.rank_by.parse().map_err(|e: String| Status::invalid_argument(format!("rank_by: {e}")))?;
+        let (metric, configs) = self.handle.call(move |core| core.best(&sweep_id, top, by)).await?;
         Ok(Response::new(BestResponse {
             metric: metric.name,
             goal: metric.goal.to_string(),
+            rank_by: by.to_string(),
+            target: metric.target,
             configs: configs
                 .into_iter()
-                .map(|c| proto::ConfigSummary {
-                    config_id: c.config_id,
-                    params_json: c.params_json,
-                    n: c.n,
-                    mean: c.mean,
-                    std: c.std,
-                    min: c.min,
-                    max: c.max,
-                    seeds_total: c.seeds_total,
+                .map(|c| {
+                    let o = c.objective;
+                    proto::ConfigSummary {
+                        config_id: c.config_id,
+                        params_json: c.params_json,
+                        n: o.n,
+                        mean: o.mean,
+                        std: o.std,
+                        min: o.min,
+                        max: o.max,
+                        seeds_total: c.seeds_total,
+                        median: o.median,
+                        ci_low: o.ci_low,
+                        ci_high: o.ci_high,
+                        reached: c.reached,
+                    }
                 })
                 .collect(),
         }))

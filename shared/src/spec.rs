@@ -72,6 +72,21 @@ pub struct MetricSpec {
     pub name: String,
     pub goal: Goal,
     pub summary: Summary,
+    /// The value a trial must reach (at least, when maximizing; at most, when minimizing) to count
+    /// as having reached the goal: CartPole's 195 ("solved"). `sweep best` gives the share of seeds
+    /// that did, per configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<f64>,
+}
+
+impl MetricSpec {
+    /// Whether an objective value reaches [`MetricSpec::target`]; `None` without a target.
+    pub fn reaches_target(&self, value: f64) -> Option<bool> {
+        self.target.map(|target| match self.goal {
+            Goal::Maximize => value >= target,
+            Goal::Minimize => value <= target,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -209,7 +224,7 @@ impl std::error::Error for SpecErrors {}
 
 const TOP_LEVEL_KEYS: &[&str] =
     &["name", "job", "method", "metric", "parameters", "seeds", "max_trials", "random_seed"];
-const METRIC_KEYS: &[&str] = &["name", "goal", "summary", "last_k"];
+const METRIC_KEYS: &[&str] = &["name", "goal", "summary", "last_k", "target"];
 const PARAMETER_KEYS: &[&str] = &["values", "value", "distribution", "min", "max"];
 const DISTRIBUTIONS: &[&str] = &["uniform", "log_uniform", "int_uniform"];
 const SCHEDULES: &[&str] = &["constant", "linear", "exponential", "adaptive"];
@@ -410,6 +425,7 @@ impl<'c> SpecReader<'c> {
             None => Some("last"),
         };
         let last_k_entry = fields.take("last_k");
+        let target = fields.take("target").map(|target| self.float(&target.value, target.line, "metric.target"));
         fields.finish(self, METRIC_KEYS);
         let summary = match (summary_name?, last_k_entry) {
             ("mean_last", Some(last_k)) => {
@@ -429,7 +445,11 @@ impl<'c> SpecReader<'c> {
             ("max", None) => Summary::Max,
             (_, None) => Summary::Min,
         };
-        Some(MetricSpec { name: name?, goal: goal?, summary })
+        let target = match target {
+            Some(value) => Some(value?),
+            None => None,
+        };
+        Some(MetricSpec { name: name?, goal: goal?, summary, target })
     }
 
     fn seeds(&mut self, entry: &Entry) -> Option<Vec<u64>> {
@@ -1482,7 +1502,12 @@ random_seed: 5
             name: SweepId::from("toy-sweep"),
             job_kind: "toy".to_string(),
             method: Method::Grid,
-            metric: MetricSpec { name: "reward".to_string(), goal: Goal::Minimize, summary: Summary::MeanLast(3) },
+            metric: MetricSpec {
+                name: "reward".to_string(),
+                goal: Goal::Minimize,
+                summary: Summary::MeanLast(3),
+                target: None,
+            },
             fixed: BTreeMap::from([
                 ("double".to_string(), ParamValue::Bool(true)),
                 ("episodes".to_string(), ParamValue::Int(500)),
@@ -1631,7 +1656,12 @@ name: toy-sweep
     fn unknown_metric_key_is_refused() {
         let text =
             "name: toy-sweep\njob: {kind: toy}\nmethod: grid\nmetric:\n  name: reward\n  goal: maximize\n  mode: max\n";
-        assert_error(parse(text), 7, "metric.mode", "unknown key 'mode' (expected one of name, goal, summary, last_k)");
+        assert_error(
+            parse(text),
+            7,
+            "metric.mode",
+            "unknown key 'mode' (expected one of name, goal, summary, last_k, target)",
+        );
     }
 
     #[test]
@@ -1826,6 +1856,19 @@ parameters:
     fn unknown_metric_summary_is_refused() {
         let text = "name: toy-sweep\njob: {kind: toy}\nmethod: grid\nmetric:\n  name: r\n  goal: maximize\n  summary: median\n";
         assert_error(parse(text), 7, "metric.summary", "unknown value 'median'");
+    }
+
+    #[test]
+    fn metric_target_is_a_number_and_says_which_side_reaches_it() {
+        let head = "name: toy-sweep\njob: {kind: toy}\nmethod: grid\nmetric:\n  name: r\n  goal: maximize\n";
+        assert_error(parse(&format!("{head}  target: high\n")), 7, "metric.target", "expected a finite number");
+        let spec = parse(&format!("{head}  target: 195\n")).unwrap();
+        assert_eq!(spec.metric.target, Some(195.0));
+        assert_eq!(spec.metric.reaches_target(195.0), Some(true));
+        assert_eq!(spec.metric.reaches_target(194.9), Some(false));
+        let min = MetricSpec { goal: Goal::Minimize, ..spec.metric.clone() };
+        assert_eq!(min.reaches_target(194.9), Some(true));
+        assert_eq!(MetricSpec { target: None, ..min }.reaches_target(0.0), None);
     }
 
     #[test]

@@ -112,32 +112,51 @@ pub struct BestArgs {
     /// How many configurations to show (0: all).
     #[arg(long, default_value_t = 10)]
     pub top: u32,
+    /// The aggregate over seeds that ranks configurations: mean, median, or bound (the
+    /// pessimistic end of the 95% confidence interval: lower when maximizing, upper when minimizing).
+    #[arg(long = "by", default_value = "mean", value_parser = ["mean", "median", "bound"])]
+    pub rank_by: String,
     /// Print JSON instead of a table.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "csv")]
     pub json: bool,
+    /// Print CSV (one column per parameter) instead of a table.
+    #[arg(long)]
+    pub csv: bool,
     #[command(flatten)]
     pub coordinator: CoordinatorUrl,
 }
 
 pub async fn best(args: BestArgs) -> anyhow::Result<()> {
     let mut client = connect(&args.coordinator.options()?).await?;
-    let best = client.best(BestRequest { sweep_id: args.sweep, top: args.top }).await.map_err(refused)?.into_inner();
+    let request = BestRequest { sweep_id: args.sweep, top: args.top, rank_by: args.rank_by };
+    let best = client.best(request).await.map_err(refused)?.into_inner();
     if args.json {
         let configs: Vec<serde_json::Value> = best
             .configs
             .iter()
-            .map(|c| {
+            .enumerate()
+            .map(|(i, c)| {
                 serde_json::json!({
+                    "rank": i + 1,
                     "config_id": c.config_id,
                     "params": serde_json::from_str::<serde_json::Value>(&c.params_json).unwrap_or_default(),
-                    "n": c.n, "seeds_total": c.seeds_total, "mean": c.mean, "std": c.std, "min": c.min, "max": c.max,
+                    "n": c.n, "seeds_total": c.seeds_total, "mean": c.mean, "std": c.std,
+                    "ci_low": c.ci_low, "ci_high": c.ci_high, "median": c.median, "min": c.min, "max": c.max,
+                    "reached": c.reached,
+                    "reached_share": c.reached.map(|r| r as f64 / c.n.max(1) as f64),
                 })
             })
             .collect();
-        println!("{}", serde_json::json!({ "metric": best.metric, "goal": best.goal, "configs": configs }));
+        let out = serde_json::json!({
+            "metric": best.metric, "goal": best.goal, "rank_by": best.rank_by, "target": best.target, "configs": configs,
+        });
+        println!("{out}");
+    } else if args.csv {
+        print!("{}", display::best_csv(&best));
     } else if best.configs.is_empty() {
         println!("no completed trial with a '{}' value yet", best.metric);
     } else {
+        println!("ranked by the {} of {} over seeds", best.rank_by, best.metric);
         println!("{}", display::best_table(&best));
     }
     Ok(())

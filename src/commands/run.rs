@@ -306,7 +306,11 @@ fn show(bar: &ProgressBar, status: &SweepStatus) {
 
 async fn report(client: &mut SweepClient, sweep_id: &str, top: u32) -> anyhow::Result<()> {
     let exported = client.export(ExportRequest { sweep_id: sweep_id.to_string() }).await.map_err(refused)?.into_inner();
-    let best = client.best(BestRequest { sweep_id: sweep_id.to_string(), top }).await.map_err(refused)?.into_inner();
+    let best = client
+        .best(BestRequest { sweep_id: sweep_id.to_string(), top, rank_by: String::new() })
+        .await
+        .map_err(refused)?
+        .into_inner();
     let status = client.status(StatusRequest { sweep_id: sweep_id.to_string() }).await.map_err(refused)?.into_inner();
     println!(
         "\n{}: {} completed, {} failed, {} cancelled of {}",

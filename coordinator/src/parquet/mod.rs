@@ -3,18 +3,39 @@
 //! - [`metrics`]: staged metric points -> `<out>/<sweep>/metrics/part-<first>-<last>.parquet`
 //!   (long format), written in bounded chunks and renamed into place whole.
 //! - [`trials`]: `<out>/<sweep>/trials.parquet`, one row per trial, one typed column per parameter.
+//! - [`configs`]: `<out>/<sweep>/configs.parquet`, one row per configuration: its objective's
+//!   statistics over seeds, ranked (what `sweep best` shows).
 
+pub mod configs;
 pub mod metrics;
 pub mod trials;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use arrow_array::RecordBatch;
+use parquet::arrow::ArrowWriter;
+
 use crate::error::{CoordinatorError, Result};
 
 /// The directory of one sweep's output.
 pub fn sweep_dir(out_dir: &Path, sweep: &str) -> PathBuf {
     out_dir.join(sweep)
+}
+
+/// Writes `batch` as the whole Parquet file `dest` (through a temp file and [`publish`], so a reader
+/// never sees half of it); returns `dest`.
+fn write_whole(dest: &Path, batch: &RecordBatch) -> Result<PathBuf> {
+    let dir = dest.parent().ok_or_else(|| CoordinatorError::Corrupt(format!("{} has no directory", dest.display())))?;
+    std::fs::create_dir_all(dir).map_err(|e| CoordinatorError::io(dir, e))?;
+    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let file = File::create(&tmp).map_err(|e| CoordinatorError::io(&tmp, e))?;
+    let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(metrics::writer_properties()))?;
+    writer.write(batch)?;
+    writer.close()?;
+    publish(&tmp, dest)?;
+    Ok(dest.to_path_buf())
 }
 
 /// Moves a finished temp file into place: fsync the file, rename, fsync the directory.

@@ -12,10 +12,9 @@ use std::sync::Arc;
 use arrow_array::builder::{BooleanBuilder, Float64Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder};
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
-use parquet::arrow::ArrowWriter;
 use sweep_shared::params::ParamValue;
 
-use super::{metrics::writer_properties, publish, sweep_dir};
+use super::{sweep_dir, write_whole};
 use crate::error::{CoordinatorError, Result};
 use crate::objective::ObjectiveState;
 use crate::store::TrialRow;
@@ -64,32 +63,8 @@ fn column_type(value: &ParamValue) -> ColumnType {
 
 /// Writes the sweep's `trials.parquet` from its trial rows; returns its path.
 pub fn write_trials(out_dir: &Path, sweep: &str, trials: &[TrialRow]) -> Result<PathBuf> {
-    let params: Vec<BTreeMap<String, ParamValue>> = trials
-        .iter()
-        .map(|t| {
-            serde_json::from_str(&t.params_json)
-                .map_err(|e| CoordinatorError::Corrupt(format!("params of trial {}: {e}", t.trial_id)))
-        })
-        .collect::<Result<_>>()?;
-    let mut param_columns: BTreeMap<String, ColumnType> = BTreeMap::new();
-    for map in &params {
-        for (name, value) in map {
-            let ty = column_type(value);
-            let entry = param_columns.entry(name.clone()).or_insert(ty);
-            if *entry != ty {
-                // Mixed types (an int and a float grid value): widen to float, else to text.
-                *entry = if matches!(
-                    (*entry, ty),
-                    (ColumnType::Int, ColumnType::Float) | (ColumnType::Float, ColumnType::Int)
-                ) {
-                    ColumnType::Float
-                } else {
-                    ColumnType::Text
-                };
-            }
-        }
-    }
-
+    let params: Vec<BTreeMap<String, ParamValue>> =
+        trials.iter().map(|t| parse_params(&t.params_json, &format!("trial {}", t.trial_id))).collect::<Result<_>>()?;
     let n = trials.len();
     let mut fields = vec![
         Field::new("trial_id", DataType::Utf8, false),
@@ -126,49 +101,9 @@ pub fn write_trials(out_dir: &Path, sweep: &str, trials: &[TrialRow]) -> Result<
     columns.push(ints(&|t| Some(t.ordinal as i64)));
     columns.push(ints(&|t| Some(t.seed as i64)));
 
-    for (name, ty) in &param_columns {
-        let column_name = if FIXED_COLUMNS.contains(&name.as_str()) { format!("param_{name}") } else { name.clone() };
-        let value_of = |i: usize| params[i].get(name);
-        let (data_type, array): (DataType, ArrayRef) = match ty {
-            ColumnType::Float => (
-                DataType::Float64,
-                floats(&|i, _| match value_of(i) {
-                    Some(ParamValue::Float(x)) => Some(*x),
-                    Some(ParamValue::Int(x)) => Some(*x as f64),
-                    _ => None,
-                }),
-            ),
-            ColumnType::Int => {
-                let mut b = Int64Builder::with_capacity(n);
-                for i in 0..n {
-                    b.append_option(match value_of(i) {
-                        Some(ParamValue::Int(x)) => Some(*x),
-                        _ => None,
-                    });
-                }
-                (DataType::Int64, Arc::new(b.finish()) as ArrayRef)
-            }
-            ColumnType::Bool => {
-                let mut b = BooleanBuilder::with_capacity(n);
-                for i in 0..n {
-                    b.append_option(match value_of(i) {
-                        Some(ParamValue::Bool(x)) => Some(*x),
-                        _ => None,
-                    });
-                }
-                (DataType::Boolean, Arc::new(b.finish()) as ArrayRef)
-            }
-            ColumnType::Text => {
-                let mut b = StringBuilder::with_capacity(n, n * 16);
-                for i in 0..n {
-                    b.append_option(value_of(i).map(|v| v.to_string()));
-                }
-                (DataType::Utf8, Arc::new(b.finish()) as ArrayRef)
-            }
-        };
-        fields.push(Field::new(column_name, data_type, true));
-        columns.push(array);
-    }
+    let (param_fields, param_arrays) = parameter_columns(&params, FIXED_COLUMNS);
+    fields.extend(param_fields);
+    columns.extend(param_arrays);
 
     let objective_states: Vec<ObjectiveState> = trials
         .iter()
@@ -214,16 +149,89 @@ pub fn write_trials(out_dir: &Path, sweep: &str, trials: &[TrialRow]) -> Result<
         columns.push(Arc::new(b.finish()));
     }
 
-    let schema = Arc::new(Schema::new(fields));
-    let batch = RecordBatch::try_new(schema.clone(), columns)?;
-    let dir = sweep_dir(out_dir, sweep);
-    std::fs::create_dir_all(&dir).map_err(|e| CoordinatorError::io(&dir, e))?;
-    let dest = trials_path(out_dir, sweep);
-    let tmp = dir.join(".trials.parquet.tmp");
-    let file = std::fs::File::create(&tmp).map_err(|e| CoordinatorError::io(&tmp, e))?;
-    let mut writer = ArrowWriter::try_new(file, schema, Some(writer_properties()))?;
-    writer.write(&batch)?;
-    writer.close()?;
-    publish(&tmp, &dest)?;
-    Ok(dest)
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
+    write_whole(&trials_path(out_dir, sweep), &batch)
+}
+
+/// The parameter set stored as JSON with `whose` (a trial, a configuration).
+pub(super) fn parse_params(json: &str, whose: &str) -> Result<BTreeMap<String, ParamValue>> {
+    serde_json::from_str(json).map_err(|e| CoordinatorError::Corrupt(format!("params of {whose}: {e}")))
+}
+
+/// One typed column per parameter over rows of parameter sets (see the module header); a name in
+/// `reserved` is written as `param_<name>`.
+pub(super) fn parameter_columns(
+    params: &[BTreeMap<String, ParamValue>],
+    reserved: &[&str],
+) -> (Vec<Field>, Vec<ArrayRef>) {
+    let mut param_columns: BTreeMap<String, ColumnType> = BTreeMap::new();
+    for map in params {
+        for (name, value) in map {
+            let ty = column_type(value);
+            let entry = param_columns.entry(name.clone()).or_insert(ty);
+            if *entry != ty {
+                // Mixed types (an int and a float grid value): widen to float, else to text.
+                *entry = if matches!(
+                    (*entry, ty),
+                    (ColumnType::Int, ColumnType::Float) | (ColumnType::Float, ColumnType::Int)
+                ) {
+                    ColumnType::Float
+                } else {
+                    ColumnType::Text
+                };
+            }
+        }
+    }
+
+    let n = params.len();
+    let mut fields = Vec::new();
+    let mut columns = Vec::new();
+    for (name, ty) in &param_columns {
+        let column_name = if reserved.contains(&name.as_str()) { format!("param_{name}") } else { name.clone() };
+        let value_of = |i: usize| params[i].get(name);
+        let (data_type, array): (DataType, ArrayRef) = match ty {
+            ColumnType::Float => (DataType::Float64, {
+                let mut b = Float64Builder::with_capacity(n);
+                for i in 0..n {
+                    b.append_option(match value_of(i) {
+                        Some(ParamValue::Float(x)) => Some(*x),
+                        Some(ParamValue::Int(x)) => Some(*x as f64),
+                        _ => None,
+                    });
+                }
+                Arc::new(b.finish()) as ArrayRef
+            }),
+            ColumnType::Int => {
+                let mut b = Int64Builder::with_capacity(n);
+                for i in 0..n {
+                    b.append_option(match value_of(i) {
+                        Some(ParamValue::Int(x)) => Some(*x),
+                        _ => None,
+                    });
+                }
+                (DataType::Int64, Arc::new(b.finish()) as ArrayRef)
+            }
+            ColumnType::Bool => {
+                let mut b = BooleanBuilder::with_capacity(n);
+                for i in 0..n {
+                    b.append_option(match value_of(i) {
+                        Some(ParamValue::Bool(x)) => Some(*x),
+                        _ => None,
+                    });
+                }
+                (DataType::Boolean, Arc::new(b.finish()) as ArrayRef)
+            }
+            ColumnType::Text => {
+                let mut b = StringBuilder::with_capacity(n, n * 16);
+                for i in 0..n {
+                    b.append_option(value_of(i).map(|v| v.to_string()));
+                }
+                (DataType::Utf8, Arc::new(b.finish()) as ArrayRef)
+            }
+        };
+        fields.push(Field::new(column_name, data_type, true));
+        columns.push(array);
+    }
+
+    (fields, columns)
 }
