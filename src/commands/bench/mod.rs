@@ -39,6 +39,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::Notify;
 
 mod checkpoints;
+mod dqn;
 mod gan;
 mod nlp;
 
@@ -71,6 +72,8 @@ pub enum BenchCommand {
     Nlp(nlp::NlpArgs),
     /// DCGAN train steps on candle against the same PyTorch step.
     Gan(gan::GanArgs),
+    /// DQN (cartpole-dqn) episodes on candle against the same agent in PyTorch.
+    Dqn(dqn::DqnArgs),
 }
 
 /// Where a gRPC bench keeps its coordinator state, output and worker logs.
@@ -221,6 +224,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Checkpoints(bench) => checkpoints::checkpoints(&bench).await?,
         BenchCommand::Nlp(bench) => nlp::nlp(&bench).await?,
         BenchCommand::Gan(bench) => gan::gan(&bench).await?,
+        BenchCommand::Dqn(bench) => dqn::dqn(&bench).await?,
     };
     if args.json {
         println!("{}", report.json());

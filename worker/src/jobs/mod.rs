@@ -226,6 +226,7 @@ impl JobRegistry {
         JobRegistry {
             factories: vec![
                 Box::new(rl::qtable::QTableFactory::new()),
+                Box::new(rl::dqn::factory(env.clone())),
                 Box::new(nlp::sentiment::factory(env.clone())),
                 Box::new(nlp::bert_sentiment::factory(env.clone())),
                 Box::new(gan::dcgan::factory(env.clone())),

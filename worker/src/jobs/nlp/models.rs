@@ -79,7 +79,8 @@ fn uniform(rng: &mut impl Rng, n: usize, limit: f64) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-limit..limit) as f32).collect()
 }
 
-fn glorot(rng: &mut impl Rng, fan_in: usize, fan_out: usize) -> Vec<f32> {
+/// Keras' glorot_uniform: `fan_in * fan_out` draws from U(-l, l), l = sqrt(6 / (fan_in + fan_out)).
+pub(crate) fn glorot(rng: &mut impl Rng, fan_in: usize, fan_out: usize) -> Vec<f32> {
     uniform(rng, fan_in * fan_out, (6.0 / (fan_in + fan_out) as f64).sqrt())
 }
 
