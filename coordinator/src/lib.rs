@@ -14,9 +14,10 @@
 //! - [`objective`]: a trial's metric series folded into its objective (pure).
 //! - [`stats`]: trials grouped by configuration, ranked over seeds (pure).
 //! - [`store`]: SQLite schema and queries: sweeps, trials, workers, staged metric points.
-//! - [`parquet`]: `trials.parquet` and the metrics part files.
+//! - [`parquet`]: `trials.parquet`, `configs.parquet` and the metrics part files.
 //! - [`checkpoint_store`]: where checkpoint files live (a directory; an object store fits the trait).
 //! - [`auth`]: the bearer-token gate on every call.
+//! - [`inspect`]: a state dir read without a coordinator (`sweep best --state-dir`).
 //! - [`config`], [`error`], [`clock`].
 
 pub mod auth;
@@ -26,6 +27,7 @@ pub mod config;
 pub mod core;
 pub mod error;
 pub mod handle;
+pub mod inspect;
 pub mod leases;
 pub mod objective;
 pub mod parquet;

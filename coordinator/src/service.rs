@@ -18,6 +18,7 @@ use sweep_shared::proto::{
     ListTrialsRequest, ListTrialsResponse, MetricAck, MetricBatch, RegisterRequest, RegisterResponse, ReleaseRequest,
     ReleaseResponse, StatusRequest, SubmitRequest, SubmitResponse, SweepStatus, TrialInfo, TrialLease,
 };
+use sweep_shared::spec::MetricSpec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -28,7 +29,7 @@ use tracing::debug;
 use crate::core::{BatchOutcome, IncomingBatch, IncomingPoint, StoredCheckpoint, SweepProgress, TrialDetail};
 use crate::error::CoordinatorError;
 use crate::handle::CoordinatorHandle;
-use crate::stats::RankBy;
+use crate::stats::{ConfigStats, RankBy};
 use crate::store::{ArtifactRow, CheckpointRow};
 
 /// Longest an acquire call waits for work.
@@ -548,32 +549,7 @@ impl SweepService for Service {
         let top = req.top as usize;
         let by: RankBy = req.rank_by.parse().map_err(|e: String| Status::invalid_argument(format!("rank_by: {e}")))?;
         let (metric, configs) = self.handle.call(move |core| core.best(&sweep_id, top, by)).await?;
-        Ok(Response::new(BestResponse {
-            metric: metric.name,
-            goal: metric.goal.to_string(),
-            rank_by: by.to_string(),
-            target: metric.target,
-            configs: configs
-                .into_iter()
-                .map(|c| {
-                    let o = c.objective;
-                    proto::ConfigSummary {
-                        config_id: c.config_id,
-                        params_json: c.params_json,
-                        n: o.n,
-                        mean: o.mean,
-                        std: o.std,
-                        min: o.min,
-                        max: o.max,
-                        seeds_total: c.seeds_total,
-                        median: o.median,
-                        ci_low: o.ci_low,
-                        ci_high: o.ci_high,
-                        reached: c.reached,
-                    }
-                })
-                .collect(),
-        }))
+        Ok(Response::new(best_response(metric, by, configs)))
     }
 
     async fn cancel(&self, request: Request<CancelRequest>) -> Result<Response<CancelResponse>, Status> {
@@ -608,4 +584,34 @@ fn write_file_atomically(path: &std::path::Path, data: &[u8]) -> std::io::Result
         let _ = std::fs::remove_file(&tmp);
     }
     written
+}
+
+/// The wire form of ranked configurations (also what `sweep best --state-dir` prints).
+pub fn best_response(metric: MetricSpec, by: RankBy, configs: Vec<ConfigStats>) -> BestResponse {
+    BestResponse {
+        metric: metric.name,
+        goal: metric.goal.to_string(),
+        rank_by: by.to_string(),
+        target: metric.target,
+        configs: configs
+            .into_iter()
+            .map(|c| {
+                let o = c.objective;
+                proto::ConfigSummary {
+                    config_id: c.config_id,
+                    params_json: c.params_json,
+                    n: o.n,
+                    mean: o.mean,
+                    std: o.std,
+                    min: o.min,
+                    max: o.max,
+                    seeds_total: c.seeds_total,
+                    median: o.median,
+                    ci_low: o.ci_low,
+                    ci_high: o.ci_high,
+                    reached: c.reached,
+                }
+            })
+            .collect(),
+    }
 }

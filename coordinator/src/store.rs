@@ -12,7 +12,7 @@
 
 use std::path::Path;
 
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 use sweep_shared::ids::{LeaseEpoch, SweepId, TrialId, WorkerId};
 
 use crate::error::{CoordinatorError, Result};
@@ -330,6 +330,15 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
         conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('next_epoch', 1)", [])?;
+        Ok(Store { conn })
+    }
+
+    /// Opens an existing store for reading only (while a coordinator may be writing it): no
+    /// schema change, no write; a missing file is an error, not a new store.
+    pub fn open_read_only(path: &Path) -> Result<Store> {
+        let conn =
+            Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
         Ok(Store { conn })
     }
 

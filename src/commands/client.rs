@@ -5,7 +5,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Args;
+use sweep_coordinator::inspect;
+use sweep_coordinator::service::best_response;
+use sweep_coordinator::stats::RankBy;
 use sweep_shared::auth::{ClientAuth, ConnectOptions};
+use sweep_shared::ids::SweepId;
 use sweep_shared::limits::MAX_MESSAGE_BYTES;
 use sweep_shared::proto::sweep_service_client::SweepServiceClient;
 use sweep_shared::proto::{
@@ -122,14 +126,27 @@ pub struct BestArgs {
     /// Print CSV (one column per parameter) instead of a table.
     #[arg(long)]
     pub csv: bool,
+    /// Read a coordinator's state dir (read-only) instead of asking a running coordinator: for a
+    /// sweep that `sweep run` finished (its state dir is `sweep-state` unless given).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
     #[command(flatten)]
     pub coordinator: CoordinatorUrl,
 }
 
 pub async fn best(args: BestArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args.coordinator.options()?).await?;
-    let request = BestRequest { sweep_id: args.sweep, top: args.top, rank_by: args.rank_by };
-    let best = client.best(request).await.map_err(refused)?.into_inner();
+    let best = match &args.state_dir {
+        Some(dir) => {
+            let by: RankBy = args.rank_by.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+            let (metric, configs) = inspect::best(dir, &SweepId(args.sweep.clone()), args.top as usize, by)?;
+            best_response(metric, by, configs)
+        }
+        None => {
+            let mut client = connect(&args.coordinator.options()?).await?;
+            let request = BestRequest { sweep_id: args.sweep.clone(), top: args.top, rank_by: args.rank_by.clone() };
+            client.best(request).await.map_err(refused)?.into_inner()
+        }
+    };
     if args.json {
         let configs: Vec<serde_json::Value> = best
             .configs
