@@ -108,10 +108,18 @@ seeds: 2
     assert!(lab_height > reward_height, "lab figure {lab_height} px, reward {reward_height} px");
 
     // --output elsewhere, --top 1: one configuration in the legends, said on the page.
+    // An earlier report's figure is replaced there; the user's own files stay.
     let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::write(elsewhere.join("metric_gone.png"), b"an earlier report's figure").unwrap();
+    std::fs::write(elsewhere.join("notes.txt"), b"mine").unwrap();
     let out = sweep(dir.path(), &["report", "small", "--output", elsewhere.to_str().unwrap(), "--top", "1"]);
     assert!(out.status.success(), "{:?}", text(&out));
-    let html = std::fs::read_to_string(elsewhere.join("index.html")).unwrap();
+    let html = assert_report_files(
+        &elsewhere,
+        &["lab_mear_rgr.png", "metric_epsilon.png", "metric_reward.png", "objective_vs_lr.png"],
+    );
+    assert!(elsewhere.join("notes.txt").is_file(), "a file the report did not write was removed");
     assert!(html.contains("show the top 1 configurations"), "{html}");
     assert_eq!(html.matches("<span class=\"swatch\"").count(), 1, "{html}");
 }

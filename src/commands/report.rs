@@ -17,7 +17,8 @@ pub struct ReportArgs {
     /// Directory of the Parquet output, as given to `sweep run` / `sweep coordinator`.
     #[arg(long, env = "SWEEP_OUT_DIR", default_value = "sweep-results")]
     pub out: PathBuf,
-    /// Where to write index.html and the PNGs [default: <out>/<sweep>/report].
+    /// Where to write index.html and the PNGs [default: <out>/<sweep>/report]. PNGs an earlier
+    /// report wrote there (lab_*, metric_*, objective_vs_*, ...) are replaced; other files stay.
     #[arg(long)]
     pub output: Option<PathBuf>,
     /// Configurations drawn in the curve figures: the best by mean objective.

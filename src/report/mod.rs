@@ -116,6 +116,13 @@ impl Objective {
     }
 }
 
+/// Whether a value recorded in `trials.parquet` is a metric point's value. Not bit equality: the
+/// coordinator keeps a trial's best and last points as JSON, whose parsing may move the last bit
+/// (907.2155019965451 comes back as ...452).
+fn same_value(a: f64, b: f64) -> bool {
+    a == b || (a - b).abs() <= 1e-12 * a.abs().max(b.abs())
+}
+
 /// Step 2: the metric whose series holds every trial's recorded best and last points, and the
 /// goal under which that best is the best.
 pub fn infer_objective(data: &SweepData, given: Option<Goal>) -> Objective {
@@ -123,15 +130,19 @@ pub fn infer_objective(data: &SweepData, given: Option<Goal>) -> Objective {
     type Recorded = (usize, (i64, f64), (i64, f64));
     let recorded: Vec<Recorded> =
         data.trials.iter().enumerate().filter_map(|(i, t)| Some((i, t.best?, t.last?))).collect();
-    let holds = |series: &Series, (step, value): (i64, f64)| series.at(step) == Some(value);
+    let holds = |series: &Series, (step, value): (i64, f64)| series.at(step).is_some_and(|v| same_value(v, value));
     let metric = if recorded.is_empty() {
         None
     } else {
         data.metrics.names.iter().find(|name| {
             recorded.iter().all(|&(trial, best, last)| {
-                data.metrics.get(trial, name).is_some_and(|s| {
+                let found = data.metrics.get(trial, name).is_some_and(|s| {
                     holds(s, best) && holds(s, last) && s.steps.last().is_some_and(|&step| step == last.0)
-                })
+                });
+                if !found {
+                    tracing::debug!(metric = %name, trial = %data.trials[trial].trial_id, ?best, ?last, series = ?data.metrics.get(trial, name), "not the objective metric");
+                }
+                found
             })
         })
     };
@@ -140,11 +151,11 @@ pub fn infer_objective(data: &SweepData, given: Option<Goal>) -> Objective {
             let series = data.metrics.get(trial, name)?;
             let finite = series.values.iter().copied().filter(|v| v.is_finite());
             let (lo, hi) = finite.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
-            if lo == hi {
+            if same_value(lo, hi) {
                 None
-            } else if best == hi {
+            } else if same_value(best, hi) {
                 Some(Goal::Maximize)
-            } else if best == lo {
+            } else if same_value(best, lo) {
                 Some(Goal::Minimize)
             } else {
                 None
@@ -504,6 +515,23 @@ fn copy_artifacts(data: &SweepData, trial: usize, output_dir: &Path) -> Result<V
     Ok(copied)
 }
 
+/// The name prefixes of the images a report writes.
+const IMAGE_PREFIXES: &[&str] = &["lab_", "dqn_", "nlp_", "gan_", "metric_", "objective_vs_", "artifact_"];
+
+/// Removes the PNGs an earlier report left in `dir` (named as this module names them), so that a
+/// figure the data no longer calls for does not linger beside the new page. Other files stay.
+fn remove_earlier_images(dir: &Path) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|source| ReportError::Io { path: dir.to_path_buf(), source })?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.ends_with(".png") && IMAGE_PREFIXES.iter().any(|p| name.starts_with(p)) {
+            let path = entry.path();
+            std::fs::remove_file(&path).map_err(|source| ReportError::Io { path, source })?;
+        }
+    }
+    Ok(())
+}
+
 /// Writes the report of `request.sweep_dir` into `request.output_dir` (see the steps above).
 pub fn write_report(request: &ReportRequest) -> Result<ReportOutcome> {
     // 1. Load.
@@ -517,6 +545,7 @@ pub fn write_report(request: &ReportRequest) -> Result<ReportOutcome> {
     let plan = figures::plan(&data.metrics);
     let output = &request.output_dir;
     std::fs::create_dir_all(output).map_err(|source| ReportError::Io { path: output.clone(), source })?;
+    remove_earlier_images(output)?;
 
     // 4. Figures.
     let mut images = Vec::new();
@@ -655,7 +684,7 @@ fn page(
         .collect();
     let mut table_note = format!(
         "Configurations ranked by the mean objective over their completed seeds ({}: {} first); std is the sample \
-         standard deviation; n counts completed seeds of all trials.",
+         standard deviation; n is completed seeds with an objective / trials of the configuration.",
         objective.goal,
         if objective.goal == Goal::Maximize { "highest" } else { "lowest" }
     );
@@ -684,7 +713,8 @@ fn page(
         sections.push(html::Section {
             title: "Samples of the best trial".into(),
             intro: Some(format!(
-                "Images trial {} (seed {}, {} {}) stored as artifacts, in order.",
+                "The PNG artifacts of the best trial, {} (seed {}, {} {}), by name: the GAN stores one sample \
+                 grid per epoch.",
                 trial.trial_id,
                 trial.seed,
                 objective.name(),
@@ -753,7 +783,9 @@ mod tests {
         assert_eq!(objective.metric.as_deref(), Some("acc"));
         assert_eq!((objective.goal, objective.source), (Goal::Maximize, GoalSource::Inferred));
 
-        let data = sweep(vec![trial((2, 0.5), (3, 0.8))], vec![((0, "loss"), vec![(1, 0.9), (2, 0.5), (3, 0.8)])]);
+        // The recorded best may differ from the stored point in the last bit (a JSON round trip).
+        let best = f64::from_bits(0.5f64.to_bits() + 1);
+        let data = sweep(vec![trial((2, best), (3, 0.8))], vec![((0, "loss"), vec![(1, 0.9), (2, 0.5), (3, 0.8)])]);
         let objective = infer_objective(&data, None);
         assert_eq!((objective.metric.as_deref(), objective.goal), (Some("loss"), Goal::Minimize));
         let given = infer_objective(&data, Some(Goal::Maximize));

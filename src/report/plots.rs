@@ -207,8 +207,13 @@ pub fn draw_lines(chart: &LinesChart, path: &Path) -> Result<()> {
     render(path, size, |root| {
         let body = root.titled(&chart.title, (FONT, 26).into_font())?;
         let (plots, legend) = body.split_horizontally(WIDTH - LEGEND_WIDTH);
+        // One x range for all panels, so that a step lines up from panel to panel.
+        let steps = chart.panels.iter().flat_map(|p| p.lines.iter().flat_map(|l| l.band.steps.iter().copied()));
+        let (x_lo, x_hi) = steps.fold((i64::MAX, i64::MIN), |(lo, hi), s| (lo.min(s), hi.max(s)));
+        let (x_lo, x_hi) = if x_lo > x_hi { (0.0, 1.0) } else { (x_lo as f64, x_hi as f64) };
+        let x_range = if x_lo == x_hi { (x_lo - 1.0, x_hi + 1.0) } else { (x_lo, x_hi) };
         for (panel, area) in chart.panels.iter().zip(plots.split_evenly((chart.panels.len().max(1), 1))) {
-            draw_panel(&area, panel, &chart.x_label)?;
+            draw_panel(&area, panel, &chart.x_label, x_range)?;
         }
         draw_legend(&legend, chart)
     })
@@ -218,11 +223,9 @@ fn draw_panel(
     area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
     panel: &PlotPanel,
     x_label: &str,
+    (x_lo, x_hi): (f64, f64),
 ) -> DrawResult {
-    let steps = panel.lines.iter().flat_map(|l| l.band.steps.iter().copied());
-    let (x_lo, x_hi) = steps.fold((i64::MAX, i64::MIN), |(lo, hi), s| (lo.min(s), hi.max(s)));
-    let (x_lo, x_hi) = if x_lo > x_hi { (0.0, 1.0) } else { (x_lo as f64, x_hi as f64) };
-    let (x_lo, x_hi) = if x_lo == x_hi { (x_lo - 1.0, x_hi + 1.0) } else { (x_lo, x_hi) };
+    let x_ticks = ((x_hi - x_lo) as usize + 1).clamp(2, 9);
     let ranges: Vec<(f64, f64)> = panel.lines.iter().filter_map(|l| l.band.value_range()).collect();
     let y_lo = ranges.iter().map(|r| r.0).fold(f64::INFINITY, f64::min);
     let y_hi = ranges.iter().map(|r| r.1).fold(f64::NEG_INFINITY, f64::max);
@@ -241,9 +244,10 @@ fn draw_panel(
         .configure_mesh()
         .x_desc(x_label)
         .y_desc(&panel.y_label)
-        .x_labels(9)
+        .x_labels(x_ticks)
         .y_labels(7)
-        .x_label_formatter(&|x| number(*x))
+        // Steps and epochs are whole numbers: no tick between two of them.
+        .x_label_formatter(&|x| if x.fract() == 0.0 { number(*x) } else { String::new() })
         .y_label_formatter(&|y| number(*y))
         .label_style((FONT, 15).into_font())
         .axis_desc_style((FONT, 17).into_font())
