@@ -7,10 +7,13 @@
 //! - [`commands::client`]: `submit`, `status`, `best`, `cancel`, `export`: calls to a coordinator.
 //! - [`commands::bench`]: `sweep bench`: throughput measurements printed as a table.
 //! - [`commands::embed`]: `sweep embed TEXT`: the sentence encoder's tokens and vectors.
+//! - [`commands::report`]: `sweep report SWEEP`: flags and output of [`report`].
 //! - [`display`]: tables for people.
+//! - [`report`]: a finished sweep's Parquet results as an HTML page with PNG figures.
 
 mod commands;
 mod display;
+mod report;
 mod signals;
 
 use std::path::PathBuf;
@@ -57,6 +60,8 @@ enum Command {
     Bench(commands::bench::BenchArgs),
     /// Show a text's tokens and vectors from the sentence encoder of `imdb-bert` (all-MiniLM-L6-v2).
     Embed(commands::embed::EmbedArgs),
+    /// Write an HTML page with PNG figures of a finished sweep's results (reads its Parquet files).
+    Report(commands::report::ReportArgs),
 }
 
 /// Where a client or worker finds the coordinator, and how it proves who it is.
@@ -187,7 +192,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // `run` draws a progress bar: keep its logs to warnings unless asked.
     init_tracing(match cli.command {
-        Command::Run(_) | Command::Resume(_) | Command::Bench(_) | Command::Validate(_) | Command::Embed(_) => "warn",
+        Command::Run(_)
+        | Command::Resume(_)
+        | Command::Bench(_)
+        | Command::Validate(_)
+        | Command::Embed(_)
+        | Command::Report(_) => "warn",
         _ => "info",
     });
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -211,6 +221,7 @@ fn main() -> ExitCode {
             Command::Validate(args) => commands::client::validate(args),
             Command::Bench(args) => commands::bench::bench(args).await,
             Command::Embed(args) => commands::embed::embed(args).await,
+            Command::Report(args) => commands::report::report(args).await,
         }
     });
     match result {

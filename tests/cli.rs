@@ -89,9 +89,20 @@ async fn the_coordinator_refuses_a_bad_spec_and_keeps_what_it_had() {
 #[test]
 fn every_subcommand_has_help() {
     let dir = tempfile::tempdir().unwrap();
-    for sub in
-        ["run", "resume", "coordinator", "worker", "submit", "status", "best", "cancel", "export", "validate", "bench"]
-    {
+    for sub in [
+        "run",
+        "resume",
+        "coordinator",
+        "worker",
+        "submit",
+        "status",
+        "best",
+        "cancel",
+        "export",
+        "validate",
+        "bench",
+        "report",
+    ] {
         let out = sweep(dir.path(), &[sub, "--help"]);
         assert!(out.status.success(), "{sub} --help failed");
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: sweep"), "{sub} --help");

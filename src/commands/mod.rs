@@ -3,5 +3,6 @@
 pub mod bench;
 pub mod client;
 pub mod embed;
+pub mod report;
 pub mod run;
 pub mod serve;
