@@ -28,6 +28,7 @@ use crate::objective::ObjectiveState;
 use crate::parquet::configs::write_configs;
 use crate::parquet::metrics::MetricsSink;
 use crate::parquet::trials::{trials_path, write_trials};
+use crate::parquet::{write_sweep_meta, SweepMeta};
 use crate::scheduler::{trials_to_assign, WorkerCapacity};
 use crate::stats::{summarize_configs, ConfigStats, RankBy};
 use crate::store::{
@@ -440,8 +441,11 @@ impl Core {
     fn write_trials_file(&mut self, sweep_id: &SweepId) -> Result<()> {
         let trials = store::trials_of_sweep(self.store.conn(), sweep_id)?;
         write_trials(&self.config.out_dir, sweep_id.as_str(), &trials)?;
-        let configs = summarize_configs(&trials, &self.metric_of(sweep_id)?, RankBy::Mean);
+        let metric = self.metric_of(sweep_id)?;
+        let configs = summarize_configs(&trials, &metric, RankBy::Mean);
         write_configs(&self.config.out_dir, sweep_id.as_str(), &configs)?;
+        let job_kind = self.sweep_row(sweep_id)?.job_kind;
+        write_sweep_meta(&self.config.out_dir, &SweepMeta { sweep: sweep_id.to_string(), job_kind, metric })?;
         self.dirty_sweeps.remove(sweep_id);
         Ok(())
     }

@@ -19,6 +19,7 @@ use arrow_array::{
 use arrow_schema::DataType;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
+use sweep_coordinator::parquet::SweepMeta;
 
 use super::{ReportError, Result};
 
@@ -179,6 +180,9 @@ pub struct SweepData {
     pub metric_files: usize,
     /// Metric rows read (before dropping superseded attempts).
     pub metric_rows: usize,
+    /// `sweep.json`: the job kind and the objective's metric, as the coordinator declared them
+    /// (absent in results written before it existed).
+    pub meta: Option<SweepMeta>,
 }
 
 impl SweepData {
@@ -220,7 +224,17 @@ impl SweepData {
                 ((trial, points.names[name].clone()), series)
             })
             .collect();
+        let meta_path = dir.join("sweep.json");
+        let meta = match std::fs::read_to_string(&meta_path) {
+            Ok(text) => Some(
+                serde_json::from_str(&text)
+                    .map_err(|e| ReportError::Meta { path: meta_path, reason: e.to_string() })?,
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => return Err(ReportError::Io { path: meta_path, source }),
+        };
         Ok(SweepData {
+            meta,
             sweep_id: sweep_id.to_string(),
             dir: dir.to_path_buf(),
             param_names,

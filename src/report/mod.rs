@@ -14,7 +14,8 @@
 //!
 //! # Steps of [`write_report`]
 //! 1. Load the trials and metric series.
-//! 2. Find the objective's metric and goal: `trials.parquet` holds each trial's objective and its
+//! 2. Find the objective's metric and goal: from `sweep.json` when the coordinator wrote one;
+//!    otherwise (older results) inferred: `trials.parquet` holds each trial's objective and its
 //!    metric's best and last points but not the metric's name or goal, so the metric is the one
 //!    whose series has those points, and the goal is whether "best" was the series' maximum or
 //!    minimum (a `--goal` given by the user wins).
@@ -55,6 +56,8 @@ pub enum ReportError {
         #[source]
         source: std::io::Error,
     },
+    #[error("reading {path}: {reason}")]
+    Meta { path: PathBuf, reason: String },
     #[error("drawing {path}: {reason}")]
     Plot { path: PathBuf, reason: String },
     #[error("the bundled font (assets/fonts/DejaVuSans.ttf) did not load")]
@@ -96,6 +99,8 @@ pub struct ReportOutcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GoalSource {
     Given,
+    /// From the sweep's spec (`sweep.json`).
+    Declared,
     Inferred,
     /// Nothing told the goal apart (every series constant, or no metric found): maximize.
     Assumed,
@@ -126,6 +131,13 @@ fn same_value(a: f64, b: f64) -> bool {
 /// Step 2: the metric whose series holds every trial's recorded best and last points, and the
 /// goal under which that best is the best.
 pub fn infer_objective(data: &SweepData, given: Option<Goal>) -> Objective {
+    if let Some(meta) = &data.meta {
+        let (goal, source) = match given {
+            Some(goal) => (goal, GoalSource::Given),
+            None => (meta.metric.goal, GoalSource::Declared),
+        };
+        return Objective { metric: Some(meta.metric.name.clone()), goal, source };
+    }
     // (trial, best point, last point) of every trial that recorded them.
     type Recorded = (usize, (i64, f64), (i64, f64));
     let recorded: Vec<Recorded> =
@@ -621,6 +633,7 @@ fn page(
     let statuses: Vec<String> = by_status.iter().map(|(s, n)| format!("{n} {s}")).collect();
     let goal_source = match objective.source {
         GoalSource::Given => "goal given with --goal",
+        GoalSource::Declared => "as the sweep's spec declares",
         GoalSource::Inferred => "goal inferred from each trial's recorded best point",
         GoalSource::Assumed => "goal unknown from the data, assumed; pass --goal to set it",
     };
@@ -742,6 +755,7 @@ fn page(
 mod tests {
     use super::*;
     use data::{Metrics, Trial};
+    use sweep_coordinator::parquet::SweepMeta;
 
     type NamedSeries<'a> = ((usize, &'a str), Vec<(i64, f64)>);
 
@@ -756,6 +770,7 @@ mod tests {
             ),
             metric_files: 0,
             metric_rows: 0,
+            meta: None,
         }
     }
 
@@ -790,6 +805,25 @@ mod tests {
         assert_eq!((objective.metric.as_deref(), objective.goal), (Some("loss"), Goal::Minimize));
         let given = infer_objective(&data, Some(Goal::Maximize));
         assert_eq!((given.goal, given.source), (Goal::Maximize, GoalSource::Given));
+    }
+
+    #[test]
+    fn a_declared_metric_wins_over_the_inference() {
+        let mut data = sweep(vec![trial((2, 5.0), (3, 4.0))], vec![((0, "r"), vec![(1, 1.0), (2, 5.0), (3, 4.0)])]);
+        data.meta = Some(SweepMeta {
+            sweep: "s".into(),
+            job_kind: "k".into(),
+            metric: sweep_shared::spec::MetricSpec {
+                name: "loss".into(),
+                goal: Goal::Minimize,
+                summary: sweep_shared::spec::Summary::Last,
+                target: None,
+            },
+        });
+        let objective = infer_objective(&data, None);
+        assert_eq!((objective.metric.as_deref(), objective.goal), (Some("loss"), Goal::Minimize));
+        assert_eq!(objective.source, GoalSource::Declared);
+        assert_eq!(infer_objective(&data, Some(Goal::Maximize)).goal, Goal::Maximize);
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! - [`trials`]: `<out>/<sweep>/trials.parquet`, one row per trial, one typed column per parameter.
 //! - [`configs`]: `<out>/<sweep>/configs.parquet`, one row per configuration: its objective's
 //!   statistics over seeds, ranked (what `sweep best` shows).
+//! - [`write_sweep_meta`]: `<out>/<sweep>/sweep.json`, what the Parquet files do not say: the job
+//!   kind and the objective's metric (name, goal, summary, target), for readers such as `sweep report`.
 
 pub mod configs;
 pub mod metrics;
@@ -21,6 +23,26 @@ use crate::error::{CoordinatorError, Result};
 /// The directory of one sweep's output.
 pub fn sweep_dir(out_dir: &Path, sweep: &str) -> PathBuf {
     out_dir.join(sweep)
+}
+
+/// What `sweep.json` holds.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SweepMeta {
+    pub sweep: String,
+    pub job_kind: String,
+    pub metric: sweep_shared::spec::MetricSpec,
+}
+
+/// Writes `<out>/<sweep>/sweep.json` whole (temp file, then [`publish`]); returns its path.
+pub fn write_sweep_meta(out_dir: &Path, meta: &SweepMeta) -> Result<PathBuf> {
+    let dir = sweep_dir(out_dir, &meta.sweep);
+    std::fs::create_dir_all(&dir).map_err(|e| CoordinatorError::io(&dir, e))?;
+    let dest = dir.join("sweep.json");
+    let tmp = dir.join(".sweep.json.tmp");
+    let text = serde_json::to_string_pretty(meta).map_err(|e| CoordinatorError::Corrupt(format!("sweep.json: {e}")))?;
+    std::fs::write(&tmp, text + "\n").map_err(|e| CoordinatorError::io(&tmp, e))?;
+    publish(&tmp, &dest)?;
+    Ok(dest)
 }
 
 /// Writes `batch` as the whole Parquet file `dest` (through a temp file and [`publish`], so a reader
