@@ -55,7 +55,7 @@ pub fn best_table(best: &BestResponse) -> Table {
     header.push(format!("{} ({}) mean ± std", best.metric, best.goal));
     header.extend(["95% CI", "median", "min", "max", "n"].map(String::from));
     if let Some(target) = best.target {
-        header.push(format!("reached {}", number(target)));
+        header.push(format!("reached {target}"));
     }
     let mut t = table(header.iter().map(String::as_str).collect());
     let right = |text: String| Cell::new(text).set_alignment(CellAlignment::Right);
