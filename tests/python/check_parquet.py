@@ -4,11 +4,14 @@ Usage: python tests/python/check_parquet.py OUT_DIR/SWEEP --trials N --episodes 
 
 Checks: trials.parquet has N rows, one per trial id, typed parameter columns, every trial
 completed; the metric parts hold exactly E reward rows per trial with steps 1..E and no
-(trial, attempt, step, name) key twice; the objective equals the last MEAR of each trial.
+(trial, attempt, step, name) key twice; the objective equals the last MEAR of each trial;
+configs.parquet holds one row per configuration whose n, mean, sample std and median DuckDB
+recomputes from trials.parquet, best mean first; sweep.json names the metric and goal.
 """
 
 import argparse
 import glob
+import json
 import os
 import sys
 
@@ -63,6 +66,26 @@ def main() -> int:
         "SELECT lr, tie_break, avg(objective) AS mean, stddev_samp(objective) AS std, count(*) AS n "
         "FROM trials GROUP BY ALL ORDER BY mean DESC LIMIT 3"
     ).fetchall()
+    configs = pq.read_table(os.path.join(args.sweep_dir, "configs.parquet"))
+    con.register("configs", configs)
+    expected = con.execute(
+        "SELECT config_id, count(*), avg(objective), stddev_samp(objective), median(objective) "
+        "FROM trials GROUP BY config_id"
+    ).fetchall()
+    assert configs.num_rows == len(expected), f"{configs.num_rows} configuration rows, expected {len(expected)}"
+    stored = {r["config_id"]: r for r in configs.to_pylist()}
+    for config_id, n, mean, std, median in expected:
+        row = stored[config_id]
+        assert row["n"] == n, (config_id, row["n"], n)
+        for name, want in (("mean", mean), ("std", std), ("median", median)):
+            assert abs(row[name] - want) <= 1e-9 * max(1.0, abs(want)), (config_id, name, row[name], want)
+    means = configs.column("mean").to_pylist()
+    assert means == sorted(means, reverse=True), "configs.parquet is not best mean first"
+    assert configs.column("rank").to_pylist() == list(range(1, configs.num_rows + 1))
+    with open(os.path.join(args.sweep_dir, "sweep.json")) as f:
+        meta = json.load(f)
+    assert (meta["metric"]["name"], meta["metric"]["goal"]) == ("mear", "maximize"), meta
+
     print(f"pyarrow + duckdb: {trials.num_rows} trials, {metrics.num_rows} metric rows, all checks passed")
     for row in best:
         print("  ", row)
