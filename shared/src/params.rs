@@ -219,6 +219,23 @@ pub struct ParamSpec {
     pub help: &'static str,
 }
 
+impl ParamSpec {
+    /// An integer in `[min, max]` with a default.
+    pub fn int(name: &'static str, min: i64, max: i64, default: i64, help: &'static str) -> Self {
+        ParamSpec { name, kind: ParamKind::Int { min, max }, default: Some(ParamValue::Int(default)), help }
+    }
+
+    /// A float in `[min, max]` with a default.
+    pub fn float(name: &'static str, min: f64, max: f64, default: f64, help: &'static str) -> Self {
+        ParamSpec { name, kind: ParamKind::Float { min, max }, default: Some(ParamValue::Float(default)), help }
+    }
+
+    /// A boolean with a default.
+    pub fn flag(name: &'static str, default: bool, help: &'static str) -> Self {
+        ParamSpec { name, kind: ParamKind::Bool, default: Some(ParamValue::Bool(default)), help }
+    }
+}
+
 /// Everything a spec needs to know about a job kind: its name and its parameters.
 #[derive(Debug, Clone)]
 pub struct JobSchema {

@@ -19,34 +19,10 @@ use arrow_array::{
 use arrow_schema::DataType;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
+use sweep_coordinator::parquet::trials::FIXED_COLUMNS;
 use sweep_coordinator::parquet::SweepMeta;
 
 use super::{ReportError, Result};
-
-/// The columns of `trials.parquet` that are not parameters (see the coordinator's
-/// `parquet/trials.rs`); a parameter named like one of them is written as `param_<name>`.
-const FIXED_TRIAL_COLUMNS: &[&str] = &[
-    "trial_id",
-    "sweep_id",
-    "config_id",
-    "ordinal",
-    "seed",
-    "status",
-    "attempts",
-    "objective",
-    "best_value",
-    "best_step",
-    "last_value",
-    "last_step",
-    "wall_seconds",
-    "worker_id",
-    "device",
-    "error",
-    "started_at",
-    "finished_at",
-    // Not written today; kept out of the parameters should a later version add it.
-    "job_kind",
-];
 
 /// One hyperparameter value of a trial, typed as its `trials.parquet` column.
 #[derive(Debug, Clone, PartialEq)]
@@ -328,7 +304,7 @@ fn read_trials(path: &Path) -> Result<(Vec<String>, Vec<Trial>)> {
         .fields()
         .iter()
         .map(|f| f.name().clone())
-        .filter(|name| !FIXED_TRIAL_COLUMNS.contains(&name.as_str()))
+        .filter(|name| !FIXED_COLUMNS.contains(&name.as_str()) && name != "job_kind")
         .collect();
     let mut trials = Vec::new();
     for batch in read_batches(builder, path)? {

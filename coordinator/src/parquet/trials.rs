@@ -19,7 +19,8 @@ use crate::error::{CoordinatorError, Result};
 use crate::objective::ObjectiveState;
 use crate::store::TrialRow;
 
-const FIXED_COLUMNS: &[&str] = &[
+/// The columns that are not parameters; a parameter named like one is written as `param_<name>`.
+pub const FIXED_COLUMNS: &[&str] = &[
     "trial_id",
     "sweep_id",
     "config_id",

@@ -16,7 +16,7 @@ use sweep_shared::params::ParamValue;
 use sweep_worker::jobs::rl::dqn::{self, DqnConfig, DqnJob};
 use sweep_worker::jobs::{CancelFlag, JobContext, MetricSink, NoCheckpoints};
 
-use super::{json_f64, json_u64, run_python, Comparison, Measurement, Report};
+use super::{json_f64, json_u64, run_torch_script, Comparison, Measurement, Report};
 
 #[derive(Args)]
 pub struct DqnArgs {
@@ -93,20 +93,12 @@ pub async fn dqn(args: &DqnArgs) -> anyhow::Result<Report> {
         ];
         return Ok(Report { bench: "dqn", measurements, comparisons: Vec::new(), notes });
     }
-    anyhow::ensure!(
-        args.python.exists(),
-        "python interpreter {} not found; run `bash bench/setup-python.sh` (it installs torch), pass --python, or --no-python",
-        args.python.display()
-    );
-    let script_args: Vec<String> = [
+    let flags = [
         ("--threads", args.threads.to_string()),
         ("--episodes", args.episodes.to_string()),
         ("--seed", args.seed.to_string()),
-    ]
-    .into_iter()
-    .flat_map(|(k, v)| [k.to_string(), v])
-    .collect();
-    let torch = run_python(&args.python, &args.script, &script_args).await?;
+    ];
+    let torch = run_torch_script(&args.python, &args.script, &flags).await?;
     let their_seconds = json_f64(&torch, "seconds")?;
     let their_steps = json_u64(&torch, "steps")? as f64;
     notes.push(format!(

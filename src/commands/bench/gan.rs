@@ -16,7 +16,7 @@ use clap::Args;
 use sweep_worker::data::DataPaths;
 use sweep_worker::jobs::gan::dcgan::{DcganConfig, DcganJob};
 
-use super::{json_f64, run_python, Comparison, Measurement, Report};
+use super::{json_f64, run_torch_script, Comparison, Measurement, Report};
 
 #[derive(Args)]
 pub struct GanArgs {
@@ -76,22 +76,14 @@ pub async fn gan(args: &GanArgs) -> anyhow::Result<Report> {
         let measurements = vec![Measurement::new("DCGAN train step", "steps", 1, median / 1e3)];
         return Ok(Report { bench: "gan", measurements, comparisons: Vec::new(), notes: vec![shape] });
     }
-    anyhow::ensure!(
-        args.python.exists(),
-        "python interpreter {} not found; run `bash bench/setup-python.sh` (it installs torch), pass --python, or --no-python",
-        args.python.display()
-    );
-    let script_args: Vec<String> = [
+    let flags = [
         ("--threads", args.threads.to_string()),
         ("--steps", args.steps.to_string()),
         ("--warmup", args.warmup.to_string()),
         ("--batch", args.batch.to_string()),
         ("--noise", args.noise.to_string()),
-    ]
-    .into_iter()
-    .flat_map(|(k, v)| [k.to_string(), v])
-    .collect();
-    let torch = run_python(&args.python, &args.script, &script_args).await?;
+    ];
+    let torch = run_torch_script(&args.python, &args.script, &flags).await?;
     let theirs = json_f64(&torch["results"]["dcgan_step"], "median_ms")?;
     let comparisons = vec![Comparison {
         name: "DCGAN train step".into(),

@@ -903,6 +903,18 @@ async fn run_python(python: &Path, script: &Path, script_args: &[String]) -> any
     serde_json::from_str(line).with_context(|| format!("{} printed no JSON line: {line:?}", script.display()))
 }
 
+/// Runs a PyTorch bench script with `--flag value` pairs; its interpreter comes from
+/// `bench/setup-python.sh` (or `--python`), and a missing one says how to get it.
+async fn run_torch_script(python: &Path, script: &Path, flags: &[(&str, String)]) -> anyhow::Result<Value> {
+    ensure!(
+        python.exists(),
+        "python interpreter {} not found; run `bash bench/setup-python.sh` (it installs torch), pass --python, or --no-python",
+        python.display()
+    );
+    let args: Vec<String> = flags.iter().flat_map(|(k, v)| [k.to_string(), v.clone()]).collect();
+    run_python(python, script, &args).await
+}
+
 fn json_f64(value: &Value, key: &str) -> anyhow::Result<f64> {
     value.get(key).and_then(Value::as_f64).with_context(|| format!("no number '{key}' in {value}"))
 }

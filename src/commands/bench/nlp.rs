@@ -19,7 +19,7 @@ use rand_chacha::ChaCha8Rng;
 use sweep_worker::jobs::nlp::models::{bce_with_logits, Arch, ModelDims, SentimentModel};
 use sweep_worker::jobs::nlp::optim::{Optimizer, OptimizerKind};
 
-use super::{json_f64, run_python, Comparison, Measurement, Report};
+use super::{json_f64, run_torch_script, Comparison, Measurement, Report};
 
 #[derive(Args)]
 pub struct NlpArgs {
@@ -126,12 +126,7 @@ pub async fn nlp(args: &NlpArgs) -> anyhow::Result<Report> {
             .collect();
         return Ok(Report { bench: "nlp", measurements, comparisons: Vec::new(), notes: vec![shape] });
     }
-    anyhow::ensure!(
-        args.python.exists(),
-        "python interpreter {} not found; run `bash bench/setup-python.sh` (it installs torch), pass --python, or --no-python",
-        args.python.display()
-    );
-    let script_args: Vec<String> = [
+    let flags = [
         ("--threads", args.threads.to_string()),
         ("--steps", args.steps.to_string()),
         ("--warmup", args.warmup.to_string()),
@@ -141,11 +136,8 @@ pub async fn nlp(args: &NlpArgs) -> anyhow::Result<Report> {
         ("--embed", args.embed.to_string()),
         ("--hidden", args.hidden.to_string()),
         ("--models", args.models.join(",")),
-    ]
-    .into_iter()
-    .flat_map(|(k, v)| [k.to_string(), v])
-    .collect();
-    let torch = run_python(&args.python, &args.script, &script_args).await?;
+    ];
+    let torch = run_torch_script(&args.python, &args.script, &flags).await?;
     let mut comparisons = Vec::new();
     for &(arch, median, _) in &ours {
         let theirs = json_f64(&torch["results"][name(arch)], "median_ms")?;

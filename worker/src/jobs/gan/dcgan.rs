@@ -32,7 +32,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 use sweep_shared::checkpoint::Checkpoint;
-use sweep_shared::params::{JobSchema, ParamKind, ParamSpec, ParamValue, Params};
+use sweep_shared::params::{JobSchema, ParamSpec, Params};
 
 use super::grid::{png_grid, GridLayout};
 use super::mnist::{self, ROWS};
@@ -53,35 +53,23 @@ const EVAL_BATCH: usize = 500;
 const GRID_IMAGES: usize = 16;
 
 pub fn schema() -> JobSchema {
-    let int = |name, min, max, default, help| ParamSpec {
-        name,
-        kind: ParamKind::Int { min, max },
-        default: Some(ParamValue::Int(default)),
-        help,
-    };
-    let float = |name, min, max, default, help| ParamSpec {
-        name,
-        kind: ParamKind::Float { min, max },
-        default: Some(ParamValue::Float(default)),
-        help,
-    };
     JobSchema {
         kind: KIND,
         description: "DCGAN on MNIST (the lab's GAN part, the TensorFlow tutorial): sample grids and a Frechet score",
         params: vec![
-            float("gen_lr", 1e-7, 1.0, 1e-4, "the generator's Adam learning rate"),
-            float("disc_lr", 1e-7, 1.0, 1e-4, "the discriminator's Adam learning rate"),
-            float("beta1", 0.0, 0.999, 0.9, "Adam's first-moment decay, both networks (Keras' default 0.9)"),
-            int("batch_size", 1, 60_000, 256, "images per training batch"),
-            int("noise_dim", 1, 4096, 100, "size of the generator's input noise"),
-            int("epochs", 1, 10_000, 50, "passes over the training images"),
-            float("slope", 0.0, 1.0, 0.3, "LeakyReLU slope for negative inputs (Keras' default 0.3)"),
-            float("dropout", 0.0, 0.95, 0.3, "the discriminator's dropout rate"),
-            int("train_samples", 0, 60_000, 0, "train on the first this many images (0: all 60,000)"),
-            int("score_every", 0, 10_000, 1, "epochs between quality scores (0: never)"),
-            int("score_samples", 10, 100_000, 2_000, "generated images per quality score"),
-            int("reference_samples", 10, 10_000, 10_000, "real test images the score compares against"),
-            int("checkpoint_every", 1, 10_000, 15, "epochs between checkpoints"),
+            ParamSpec::float("gen_lr", 1e-7, 1.0, 1e-4, "the generator's Adam learning rate"),
+            ParamSpec::float("disc_lr", 1e-7, 1.0, 1e-4, "the discriminator's Adam learning rate"),
+            ParamSpec::float("beta1", 0.0, 0.999, 0.9, "Adam's first-moment decay, both networks (Keras' default 0.9)"),
+            ParamSpec::int("batch_size", 1, 60_000, 256, "images per training batch"),
+            ParamSpec::int("noise_dim", 1, 4096, 100, "size of the generator's input noise"),
+            ParamSpec::int("epochs", 1, 10_000, 50, "passes over the training images"),
+            ParamSpec::float("slope", 0.0, 1.0, 0.3, "LeakyReLU slope for negative inputs (Keras' default 0.3)"),
+            ParamSpec::float("dropout", 0.0, 0.95, 0.3, "the discriminator's dropout rate"),
+            ParamSpec::int("train_samples", 0, 60_000, 0, "train on the first this many images (0: all 60,000)"),
+            ParamSpec::int("score_every", 0, 10_000, 1, "epochs between quality scores (0: never)"),
+            ParamSpec::int("score_samples", 10, 100_000, 2_000, "generated images per quality score"),
+            ParamSpec::int("reference_samples", 10, 10_000, 10_000, "real test images the score compares against"),
+            ParamSpec::int("checkpoint_every", 1, 10_000, 15, "epochs between checkpoints"),
         ],
     }
 }

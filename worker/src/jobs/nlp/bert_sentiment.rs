@@ -58,12 +58,6 @@ pub const KIND: &str = "imdb-bert";
 const EVAL_BATCH: usize = 1000;
 
 pub fn schema() -> JobSchema {
-    let int = |name, min, max, default, help| ParamSpec {
-        name,
-        kind: ParamKind::Int { min, max },
-        default: Some(ParamValue::Int(default)),
-        help,
-    };
     JobSchema {
         kind: KIND,
         description: "IMDB sentiment from frozen all-MiniLM-L6-v2 sentence vectors (mean pooling) with a trained head",
@@ -80,19 +74,37 @@ pub fn schema() -> JobSchema {
                 default: Some(ParamValue::Float(1e-3)),
                 help: "learning rate",
             },
-            int("epochs", 1, 1000, 40, "passes over the training rows"),
-            int("batch_size", 1, 65_536, 32, "reviews per training batch"),
-            int("hidden", 0, 4096, 0, "0: logistic regression; > 0: one hidden ReLU layer of this width"),
-            int("max_tokens", 2, 512, 512, "tokens of each review the encoder reads, [CLS] and [SEP] included"),
+            ParamSpec::int("epochs", 1, 1000, 40, "passes over the training rows"),
+            ParamSpec::int("batch_size", 1, 65_536, 32, "reviews per training batch"),
+            ParamSpec::int("hidden", 0, 4096, 0, "0: logistic regression; > 0: one hidden ReLU layer of this width"),
+            ParamSpec::int(
+                "max_tokens",
+                2,
+                512,
+                512,
+                "tokens of each review the encoder reads, [CLS] and [SEP] included",
+            ),
             ParamSpec {
                 name: "val_split",
                 kind: ParamKind::Float { min: 0.01, max: 0.9 },
                 default: Some(ParamValue::Float(0.2)),
                 help: "share of the train reviews held out for validation",
             },
-            int("train_samples", 0, 25_000, 2_000, "embed and use this many train-split reviews (0: all 25,000)"),
-            int("test_samples", 0, 25_000, 1_000, "embed and evaluate this many test reviews (0: all 25,000)"),
-            int("checkpoint_every", 1, 1000, 1, "epochs between checkpoints"),
+            ParamSpec::int(
+                "train_samples",
+                0,
+                25_000,
+                2_000,
+                "embed and use this many train-split reviews (0: all 25,000)",
+            ),
+            ParamSpec::int(
+                "test_samples",
+                0,
+                25_000,
+                1_000,
+                "embed and evaluate this many test reviews (0: all 25,000)",
+            ),
+            ParamSpec::int("checkpoint_every", 1, 1000, 1, "epochs between checkpoints"),
         ],
     }
 }

@@ -43,12 +43,6 @@ pub const KIND: &str = "imdb-sentiment";
 const EVAL_BATCH: usize = 500;
 
 pub fn schema() -> JobSchema {
-    let int = |name, min, max, default, help| ParamSpec {
-        name,
-        kind: ParamKind::Int { min, max },
-        default: Some(ParamValue::Int(default)),
-        help,
-    };
     JobSchema {
         kind: KIND,
         description: "IMDB sentiment (the lab's NLP part): dense on multi-hot, Embedding+SimpleRNN or Embedding+LSTM",
@@ -71,23 +65,29 @@ pub fn schema() -> JobSchema {
                 default: Some(ParamValue::Float(1e-3)),
                 help: "learning rate",
             },
-            int("epochs", 1, 1000, 10, "passes over the training rows"),
-            int("batch_size", 1, 65_536, 128, "reviews per training batch"),
-            int("embed", 1, 1024, 32, "embedding width (rnn, lstm)"),
-            int("hidden", 1, 1024, 32, "recurrent state size (rnn, lstm)"),
-            int("dense_units", 1, 4096, 16, "width of the dense model's two hidden layers"),
-            int("maxlen", 1, 10_000, 500, "ids per review for rnn/lstm: the last maxlen, zeros in front"),
-            int("max_features", 3, 200_000, 10_000, "vocabulary: the most frequent words, plus padding and OOV"),
+            ParamSpec::int("epochs", 1, 1000, 10, "passes over the training rows"),
+            ParamSpec::int("batch_size", 1, 65_536, 128, "reviews per training batch"),
+            ParamSpec::int("embed", 1, 1024, 32, "embedding width (rnn, lstm)"),
+            ParamSpec::int("hidden", 1, 1024, 32, "recurrent state size (rnn, lstm)"),
+            ParamSpec::int("dense_units", 1, 4096, 16, "width of the dense model's two hidden layers"),
+            ParamSpec::int("maxlen", 1, 10_000, 500, "ids per review for rnn/lstm: the last maxlen, zeros in front"),
+            ParamSpec::int(
+                "max_features",
+                3,
+                200_000,
+                10_000,
+                "vocabulary: the most frequent words, plus padding and OOV",
+            ),
             ParamSpec {
                 name: "val_split",
                 kind: ParamKind::Float { min: 0.01, max: 0.9 },
                 default: Some(ParamValue::Float(0.2)),
                 help: "share of the train split held out for validation",
             },
-            int("train_samples", 0, 25_000, 0, "use this many train-split reviews (0: all 25,000)"),
-            int("test_samples", 0, 25_000, 0, "evaluate this many test reviews at the end (0: all 25,000)"),
-            int("log_every", 1, 1_000_000, 20, "batches between batch_loss points"),
-            int("checkpoint_every", 1, 1000, 1, "epochs between checkpoints"),
+            ParamSpec::int("train_samples", 0, 25_000, 0, "use this many train-split reviews (0: all 25,000)"),
+            ParamSpec::int("test_samples", 0, 25_000, 0, "evaluate this many test reviews at the end (0: all 25,000)"),
+            ParamSpec::int("log_every", 1, 1_000_000, 20, "batches between batch_loss points"),
+            ParamSpec::int("checkpoint_every", 1, 1000, 1, "epochs between checkpoints"),
         ],
     }
 }

@@ -57,20 +57,6 @@ const ENV_NAMES: &[&str] = &["CartPole-v1", "CartPole-v0"];
 const EPSILON_STEPS: &[&str] = &["replay", "episode"];
 
 pub fn schema() -> JobSchema {
-    let int = |name, min, max, default, help| ParamSpec {
-        name,
-        kind: ParamKind::Int { min, max },
-        default: Some(ParamValue::Int(default)),
-        help,
-    };
-    let float = |name, min, max, default, help| ParamSpec {
-        name,
-        kind: ParamKind::Float { min, max },
-        default: Some(ParamValue::Float(default)),
-        help,
-    };
-    let flag =
-        |name, default, help| ParamSpec { name, kind: ParamKind::Bool, default: Some(ParamValue::Bool(default)), help };
     JobSchema {
         kind: KIND,
         description: "Deep Q-network on CartPole (the lab's advanced RL, gsurma/cartpole) on candle",
@@ -81,11 +67,17 @@ pub fn schema() -> JobSchema {
                 default: Some(ParamValue::Str("CartPole-v1".into())),
                 help: "which CartPole: v1 stops episodes at 500 steps, v0 at 200",
             },
-            int("max_episodes", 1, 1_000_000, 1000, "episodes to train at most"),
-            float("lr", 1e-7, 1.0, 0.001, "Adam's learning rate"),
-            float("gamma", 0.0, 1.0, 0.95, "discount factor"),
-            int("batch_size", 1, 4096, 20, "transitions per replay update"),
-            int("buffer_size", 1, 10_000_000, 1_000_000, "replay memory size (transitions); the oldest go first"),
+            ParamSpec::int("max_episodes", 1, 1_000_000, 1000, "episodes to train at most"),
+            ParamSpec::float("lr", 1e-7, 1.0, 0.001, "Adam's learning rate"),
+            ParamSpec::float("gamma", 0.0, 1.0, 0.95, "discount factor"),
+            ParamSpec::int("batch_size", 1, 4096, 20, "transitions per replay update"),
+            ParamSpec::int(
+                "buffer_size",
+                1,
+                10_000_000,
+                1_000_000,
+                "replay memory size (transitions); the oldest go first",
+            ),
             ParamSpec {
                 name: "epsilon",
                 kind: ParamKind::Schedule,
@@ -98,20 +90,30 @@ pub fn schema() -> JobSchema {
                 default: Some(ParamValue::Str("replay".into())),
                 help: "what advances the epsilon schedule: a replay update (the original) or an episode",
             },
-            int("hidden1", 1, 4096, 24, "units of the first hidden layer"),
-            int("hidden2", 0, 4096, 24, "units of the second hidden layer (0: one hidden layer)"),
-            int(
+            ParamSpec::int("hidden1", 1, 4096, 24, "units of the first hidden layer"),
+            ParamSpec::int("hidden2", 0, 4096, 24, "units of the second hidden layer (0: one hidden layer)"),
+            ParamSpec::int(
                 "target_update",
                 0,
                 10_000_000,
                 0,
                 "replay updates between target network copies (0: no target network)",
             ),
-            float("solve_score", 0.0, 500.0, 195.0, "solved when the mean score of solve_window episodes reaches this"),
-            int("solve_window", 1, 100_000, 100, "episodes in the solved mean (and in mean100)"),
-            flag("stop_on_solve", true, "stop the trial when solved (the original exits)"),
-            int("checkpoint_every", 1, 1_000_000, 50, "episodes between checkpoints"),
-            flag("checkpoint_replay", true, "store the replay memory in checkpoints (exact resume; larger files)"),
+            ParamSpec::float(
+                "solve_score",
+                0.0,
+                500.0,
+                195.0,
+                "solved when the mean score of solve_window episodes reaches this",
+            ),
+            ParamSpec::int("solve_window", 1, 100_000, 100, "episodes in the solved mean (and in mean100)"),
+            ParamSpec::flag("stop_on_solve", true, "stop the trial when solved (the original exits)"),
+            ParamSpec::int("checkpoint_every", 1, 1_000_000, 50, "episodes between checkpoints"),
+            ParamSpec::flag(
+                "checkpoint_replay",
+                true,
+                "store the replay memory in checkpoints (exact resume; larger files)",
+            ),
         ],
     }
 }
