@@ -96,7 +96,7 @@ seeds: 2
         &report_dir,
         &["lab_mear_rgr.png", "metric_epsilon.png", "metric_reward.png", "objective_vs_lr.png"],
     );
-    assert!(html.contains("objective: mear, maximize (goal inferred"), "the objective is found: {html}");
+    assert!(html.contains("objective: mear, maximize (declared in sweep.json)"), "the objective is found: {html}");
     assert!(html.contains("4 trials (4 completed) in 2 configurations"), "{html}");
     // Two ranked rows with their lr; tie_break does not vary, so it is no column.
     assert!(html.contains("<th>lr</th>") && !html.contains("<th>tie_break</th>"), "{html}");
@@ -240,7 +240,7 @@ fn nlp_and_unknown_metrics_take_the_generic_path() {
     assert!(lstm < dense, "lstm (mean 0.88) ranks above dense (0.82)");
     assert!(html.contains("0.88 ± 0.0283"), "{html}");
     assert!(html.contains("<th>test_acc mean ± std</th>") && html.contains("0.86 ± 0.0283"), "{html}");
-    assert!(html.contains("trial t-lstm-2"), "the best trial's samples: {html}");
+    assert!(html.contains("best trial, t-lstm-2"), "the best trial's samples: {html}");
     assert!(html.contains("epoch 1"), "{html}");
 }
 

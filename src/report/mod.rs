@@ -633,7 +633,7 @@ fn page(
     let statuses: Vec<String> = by_status.iter().map(|(s, n)| format!("{n} {s}")).collect();
     let goal_source = match objective.source {
         GoalSource::Given => "goal given with --goal",
-        GoalSource::Declared => "as the sweep's spec declares",
+        GoalSource::Declared => "declared in sweep.json",
         GoalSource::Inferred => "goal inferred from each trial's recorded best point",
         GoalSource::Assumed => "goal unknown from the data, assumed; pass --goal to set it",
     };
