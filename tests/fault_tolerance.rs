@@ -141,11 +141,16 @@ async fn workers_killed_at_seeded_random_points_change_no_final_number() {
     for trial in &killed_trials {
         assert_resumed_rows_come_from_the_right_attempts(trial, &rows);
     }
-    // Nothing completed twice: the worker logs name each trial completed exactly once.
+    // Nothing completed twice: no worker log names a trial completed more than once. (At most
+    // once, not exactly once: a worker killed after the coordinator acknowledged a completion but
+    // before it wrote its log line leaves a completed trial that no log names; the status above
+    // already counts every trial completed.)
     let completions = completions_in_logs(&killed.iter().chain(&survivors).collect::<Vec<_>>());
     for t in &killed_trials {
-        assert_eq!(completions.get(&t.trial_id), Some(&1), "completions of {} in the worker logs", t.trial_id);
+        let logged = completions.get(&t.trial_id).copied().unwrap_or(0);
+        assert!(logged <= 1, "{} completed {logged} times in the worker logs", t.trial_id);
     }
+    assert!(completions.values().sum::<usize>() >= 5, "the logs name few completions: {completions:?}");
 
     drop(survivors);
     let (control_trials, control_rows) = control_run(&mut client, &coordinator, &spec, "killed", "4").await;
