@@ -9,14 +9,13 @@
 //! values in [-1, 1] on both sides: speed does not depend on them.
 
 use std::path::PathBuf;
-use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use clap::Args;
 use sweep_worker::data::DataPaths;
 use sweep_worker::jobs::gan::dcgan::{DcganConfig, DcganJob};
 
-use super::{json_f64, run_torch_script, Comparison, Measurement, Report};
+use super::{json_f64, median_step_ms, run_torch_script, Comparison, Measurement, Report};
 
 #[derive(Args)]
 pub struct GanArgs {
@@ -51,16 +50,10 @@ fn candle_step_ms(args: &GanArgs) -> anyhow::Result<(f64, f64)> {
     config.score_every = 0;
     let mut job = DcganJob::new(config, 0, DataPaths::from_env(), device.clone())?;
     let real = Tensor::rand(-1f32, 1f32, (args.batch, 1, 28, 28), &device)?;
-    let mut times = Vec::with_capacity(args.steps);
-    for i in 0..args.warmup + args.steps {
-        let start = Instant::now();
+    median_step_ms(args.warmup, args.steps, || {
         job.train_step(&real)?;
-        if i >= args.warmup {
-            times.push(start.elapsed().as_secs_f64() * 1e3);
-        }
-    }
-    times.sort_by(f64::total_cmp);
-    Ok((times[times.len() / 2], times[0]))
+        Ok(())
+    })
 }
 
 pub async fn gan(args: &GanArgs) -> anyhow::Result<Report> {

@@ -903,6 +903,25 @@ async fn run_python(python: &Path, script: &Path, script_args: &[String]) -> any
     serde_json::from_str(line).with_context(|| format!("{} printed no JSON line: {line:?}", script.display()))
 }
 
+/// Median and fastest milliseconds of `steps` calls of `step`, after `warmup` untimed ones.
+fn median_step_ms(
+    warmup: usize,
+    steps: usize,
+    mut step: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<(f64, f64)> {
+    ensure!(steps > 0, "--steps must be at least 1");
+    let mut times = Vec::with_capacity(steps);
+    for i in 0..warmup + steps {
+        let start = Instant::now();
+        step()?;
+        if i >= warmup {
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok((times[times.len() / 2], times[0]))
+}
+
 /// Runs a PyTorch bench script with `--flag value` pairs; its interpreter comes from
 /// `bench/setup-python.sh` (or `--python`), and a missing one says how to get it.
 async fn run_torch_script(python: &Path, script: &Path, flags: &[(&str, String)]) -> anyhow::Result<Value> {

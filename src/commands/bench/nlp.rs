@@ -9,7 +9,6 @@
 //! by `bench/setup-python.sh`); without it, `--no-python` prints our side alone.
 
 use std::path::PathBuf;
-use std::time::Instant;
 
 use anyhow::Context;
 use candle_core::{Device, Tensor};
@@ -19,7 +18,7 @@ use rand_chacha::ChaCha8Rng;
 use sweep_worker::jobs::nlp::models::{bce_with_logits, Arch, ModelDims, SentimentModel};
 use sweep_worker::jobs::nlp::optim::{Optimizer, OptimizerKind};
 
-use super::{json_f64, run_torch_script, Comparison, Measurement, Report};
+use super::{json_f64, median_step_ms, run_torch_script, Comparison, Measurement, Report};
 
 #[derive(Args)]
 pub struct NlpArgs {
@@ -85,20 +84,14 @@ fn candle_step_ms(arch: Arch, args: &NlpArgs) -> anyhow::Result<(f64, f64)> {
     };
     let targets: Vec<f32> = (0..b).map(|_| f32::from(rng.random_range(0u8..2))).collect();
     let targets = Tensor::from_vec(targets, b, &device)?;
-    let mut times = Vec::with_capacity(args.steps);
-    for i in 0..args.warmup + args.steps {
-        let start = Instant::now();
+    median_step_ms(args.warmup, args.steps, || {
         let logits = model.forward(&input, true)?;
         let loss = bce_with_logits(&logits, &targets)?;
         let grads = loss.backward()?;
         optimizer.step(&model.vars, &grads)?;
         loss.to_scalar::<f32>()?;
-        if i >= args.warmup {
-            times.push(start.elapsed().as_secs_f64() * 1e3);
-        }
-    }
-    times.sort_by(f64::total_cmp);
-    Ok((times[times.len() / 2], times[0]))
+        Ok(())
+    })
 }
 
 pub async fn nlp(args: &NlpArgs) -> anyhow::Result<Report> {

@@ -16,6 +16,7 @@
 //! episode loop belong to the job.
 
 use rand::Rng;
+use sweep_shared::params::{ParamKind, ParamSpec, ParamValue};
 
 /// Gravity, m/s^2.
 const GRAVITY: f64 = 9.8;
@@ -55,6 +56,16 @@ impl CartPoleVersion {
         match self {
             CartPoleVersion::V0 => "CartPole-v0",
             CartPoleVersion::V1 => "CartPole-v1",
+        }
+    }
+
+    /// The `env` parameter of the CartPole jobs: a gymnasium id, CartPole-v1 by default.
+    pub fn param() -> ParamSpec {
+        ParamSpec {
+            name: "env",
+            kind: ParamKind::Choice(&["CartPole-v1", "CartPole-v0"]),
+            default: Some(ParamValue::Str("CartPole-v1".into())),
+            help: "which CartPole: v1 stops episodes at 500 steps, v0 at 200",
         }
     }
 

@@ -53,7 +53,6 @@ pub const KIND: &str = "cartpole-dqn";
 /// gsurma's exploration: 1.0, times 0.995 per replay update, at least 0.01.
 pub const GSURMA_EPSILON: EpsilonSchedule = EpsilonSchedule::Exponential { start: 1.0, decay: 0.995, min: 0.01 };
 
-const ENV_NAMES: &[&str] = &["CartPole-v1", "CartPole-v0"];
 const EPSILON_STEPS: &[&str] = &["replay", "episode"];
 
 pub fn schema() -> JobSchema {
@@ -61,12 +60,7 @@ pub fn schema() -> JobSchema {
         kind: KIND,
         description: "Deep Q-network on CartPole (the lab's advanced RL, gsurma/cartpole) on candle",
         params: vec![
-            ParamSpec {
-                name: "env",
-                kind: ParamKind::Choice(ENV_NAMES),
-                default: Some(ParamValue::Str("CartPole-v1".into())),
-                help: "which CartPole: v1 stops episodes at 500 steps, v0 at 200",
-            },
+            CartPoleVersion::param(),
             ParamSpec::int("max_episodes", 1, 1_000_000, 1000, "episodes to train at most"),
             ParamSpec::float("lr", 1e-7, 1.0, 0.001, "Adam's learning rate"),
             ParamSpec::float("gamma", 0.0, 1.0, 0.95, "discount factor"),

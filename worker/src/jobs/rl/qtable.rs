@@ -38,7 +38,7 @@ use sweep_shared::params::{EpsilonSchedule, JobSchema, ParamKind, ParamSpec, Par
 use super::cartpole::{CartPole, CartPoleVersion};
 use super::epsilon::{EpsilonRunner, EpsilonState};
 use crate::jobs::rng::RngState;
-use crate::jobs::{Job, JobContext, JobError, JobFactory};
+use crate::jobs::{admit_params, size_param, Job, JobContext, JobError, JobFactory};
 
 /// The job kind, as specs name it.
 pub const KIND: &str = "cartpole-qtable";
@@ -48,7 +48,6 @@ pub const KIND: &str = "cartpole-qtable";
 pub const OBSERVATION_BOUNDS: [(f64, f64); 4] = [(-2.4, 2.4), (-3.0, 3.0), (-0.21, 0.21), (-3.5, 3.5)];
 
 const ACTIONS: usize = 2;
-const ENV_NAMES: &[&str] = &["CartPole-v1", "CartPole-v0"];
 const TIE_BREAK_NAMES: &[&str] = &["random", "left"];
 
 /// The job's parameters: every name a spec may set for `cartpole-qtable`.
@@ -57,12 +56,7 @@ pub fn schema() -> JobSchema {
         kind: KIND,
         description: "Tabular Q-learning on CartPole (the lab's RL0): observations binned into discrete_steps^4 states",
         params: vec![
-            ParamSpec {
-                name: "env",
-                kind: ParamKind::Choice(ENV_NAMES),
-                default: Some(ParamValue::Str("CartPole-v1".into())),
-                help: "which CartPole: v1 stops episodes at 500 steps, v0 at 200",
-            },
+            CartPoleVersion::param(),
             ParamSpec {
                 name: "episodes",
                 kind: ParamKind::Int { min: 1, max: 10_000_000 },
@@ -148,11 +142,7 @@ pub struct QTableConfig {
 impl QTableConfig {
     /// Reads the params, checking each against [`schema`] again (the coordinator already did).
     pub fn from_params(params: &Params) -> Result<Self, JobError> {
-        for spec in schema().params {
-            spec.kind
-                .admit(params.get(spec.name)?.clone())
-                .map_err(|reason| JobError::InvalidParams(format!("{}: {reason}", spec.name)))?;
-        }
+        admit_params(&schema(), params)?;
         let env = params.str("env")?;
         let env =
             CartPoleVersion::from_name(env).ok_or_else(|| JobError::InvalidParams(format!("env: unknown '{env}'")))?;
@@ -160,8 +150,7 @@ impl QTableConfig {
             "left" => TieBreak::Left,
             _ => TieBreak::Random,
         };
-        let discrete_steps = usize::try_from(params.u64("discrete_steps")?)
-            .map_err(|e| JobError::InvalidParams(format!("discrete_steps: {e}")))?;
+        let discrete_steps = size_param(params, "discrete_steps")?;
         Ok(QTableConfig {
             env,
             episodes: params.u64("episodes")?,
