@@ -242,6 +242,18 @@ fn nlp_and_unknown_metrics_take_the_generic_path() {
     assert!(html.contains("<th>test_acc mean ± std</th>") && html.contains("0.86 ± 0.0283"), "{html}");
     assert!(html.contains("best trial, t-lstm-2"), "the best trial's samples: {html}");
     assert!(html.contains("epoch 1"), "{html}");
+    assert!(html.contains("<th>median</th>") && html.contains("<th>95% CI of the mean</th>"), "{html}");
+    assert!(html.contains("ranked by the mean of the objective"), "{html}");
+
+    // --by as in `sweep best`: the page says which aggregate ranked it; a typo is refused by name.
+    let out = sweep(dir.path(), &["report", "mixed", "--out", "results", "--by", "bound"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "sweep report --by bound failed:\n{stdout}\n{stderr}");
+    let html = std::fs::read_to_string(results.join("mixed/report/index.html")).unwrap();
+    assert!(html.contains("ranked by the lower end of the 95% interval"), "{html}");
+    let out = sweep(dir.path(), &["report", "mixed", "--out", "results", "--by", "best"]);
+    assert!(!out.status.success());
+    assert!(text(&out).1.contains("mean, median, bound"), "{}", text(&out).1);
 }
 
 #[test]

@@ -21,9 +21,13 @@ pub struct ReportArgs {
     /// report wrote there (lab_*, metric_*, objective_vs_*, ...) are replaced; other files stay.
     #[arg(long)]
     pub output: Option<PathBuf>,
-    /// Configurations drawn in the curve figures: the best by mean objective.
+    /// Configurations drawn in the curve figures: the best by `--by`.
     #[arg(long, default_value_t = 8)]
     pub top: usize,
+    /// The aggregate over seeds that ranks configurations, as in `sweep best`: mean, median, or
+    /// bound (the pessimistic end of the 95% confidence interval).
+    #[arg(long = "by", default_value = "mean", value_parser = ["mean", "median", "bound"])]
+    pub rank_by: String,
     /// The objective's goal, when the data does not tell it (it is inferred otherwise).
     #[arg(long, value_enum)]
     pub goal: Option<GoalArg>,
@@ -42,6 +46,7 @@ pub async fn report(args: ReportArgs) -> anyhow::Result<()> {
         output_dir: args.output.clone().unwrap_or_else(|| sweep_dir.join("report")),
         sweep_dir,
         top: args.top,
+        rank_by: args.rank_by.parse().map_err(|e: String| anyhow::anyhow!(e))?,
         goal: args.goal.map(|g| match g {
             GoalArg::Maximize => Goal::Maximize,
             GoalArg::Minimize => Goal::Minimize,

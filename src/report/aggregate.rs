@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use sweep_coordinator::stats::{Aggregate, RankBy};
 use sweep_shared::spec::Goal;
 
 use super::data::{Series, Trial};
@@ -100,39 +101,6 @@ impl Band {
     }
 }
 
-/// Mean, sample standard deviation (n - 1; 0 for one value), min and max of some values.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Summary {
-    pub n: usize,
-    pub mean: f64,
-    pub std: f64,
-    pub min: f64,
-    pub max: f64,
-}
-
-impl Summary {
-    /// `None` for no values.
-    pub fn of(values: &[f64]) -> Option<Summary> {
-        if values.is_empty() {
-            return None;
-        }
-        let n = values.len();
-        let mean = values.iter().sum::<f64>() / n as f64;
-        let std = if n > 1 {
-            (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n as f64 - 1.0)).sqrt()
-        } else {
-            0.0
-        };
-        Some(Summary {
-            n,
-            mean,
-            std,
-            min: values.iter().copied().fold(f64::INFINITY, f64::min),
-            max: values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-        })
-    }
-}
-
 /// One configuration (the trials sharing a `config_id`, one per seed) and its objective.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -140,13 +108,14 @@ pub struct Config {
     /// Indexes into the sweep's trials, in trial order.
     pub trials: Vec<usize>,
     /// Over the completed trials with a finite objective; `None` when there are none.
-    pub objective: Option<Summary>,
+    pub objective: Option<Aggregate>,
 }
 
-/// The sweep's configurations, best mean objective first under `goal`; configurations without an
-/// objective last, in the order their first trial appears. The rule of `sweep best`: only completed
+/// The sweep's configurations, best first by the objective's aggregate `by` (mean, median or the
+/// pessimistic end of the 95% interval) under `goal`; configurations without an objective last, in
+/// the order their first trial appears. The rules and statistics of `sweep best`: only completed
 /// trials count.
-pub fn rank_configs(trials: &[Trial], goal: Goal) -> Vec<Config> {
+pub fn rank_configs(trials: &[Trial], goal: Goal, by: RankBy) -> Vec<Config> {
     let mut order: Vec<&str> = Vec::new();
     let mut members: HashMap<&str, Vec<usize>> = HashMap::new();
     for (i, trial) in trials.iter().enumerate() {
@@ -160,15 +129,19 @@ pub fn rank_configs(trials: &[Trial], goal: Goal) -> Vec<Config> {
         .into_iter()
         .map(|config_id| {
             let indexes = members.remove(config_id).unwrap_or_default();
-            let objectives: Vec<f64> =
-                indexes.iter().filter(|&&i| trials[i].completed()).filter_map(|&i| trials[i].objective).collect();
-            Config { config_id: config_id.to_string(), trials: indexes, objective: Summary::of(&objectives) }
+            let objectives: Vec<f64> = indexes
+                .iter()
+                .filter(|&&i| trials[i].completed())
+                .filter_map(|&i| trials[i].objective)
+                .filter(|v| v.is_finite())
+                .collect();
+            Config { config_id: config_id.to_string(), trials: indexes, objective: Aggregate::of(&objectives) }
         })
         .collect();
     // A stable sort: ties keep the order of appearance.
     configs.sort_by(|a, b| match (&a.objective, &b.objective) {
         (Some(a), Some(b)) => {
-            let ordering = a.mean.total_cmp(&b.mean);
+            let ordering = a.rank_value(by, goal).total_cmp(&b.rank_value(by, goal));
             match goal {
                 Goal::Maximize => ordering.reverse(),
                 Goal::Minimize => ordering,
@@ -278,7 +251,7 @@ mod tests {
             trial("c1", "c", "failed", None),
             trial("b3", "b", "completed", Some(2.0)),
         ];
-        let ranked = rank_configs(&trials, Goal::Maximize);
+        let ranked = rank_configs(&trials, Goal::Maximize, RankBy::Mean);
         let ids: Vec<&str> = ranked.iter().map(|c| c.config_id.as_str()).collect();
         assert_eq!(ids, vec!["b", "a", "c"]);
         let b = ranked[0].objective.expect("b has objectives");
@@ -287,9 +260,37 @@ mod tests {
         assert_eq!(ranked[0].trials, vec![1, 3, 5]);
         assert_eq!(ranked[2].objective, None);
 
-        let ids: Vec<String> = rank_configs(&trials, Goal::Minimize).into_iter().map(|c| c.config_id).collect();
+        let ids: Vec<String> =
+            rank_configs(&trials, Goal::Minimize, RankBy::Mean).into_iter().map(|c| c.config_id).collect();
         assert_eq!(ids, vec!["a", "b", "c"], "a's mean 2 beats b's 3 when minimizing");
         assert_eq!(best_trial(&trials, Goal::Maximize), Some(1));
         assert_eq!(best_trial(&trials, Goal::Minimize), Some(0));
+    }
+
+    #[test]
+    fn configurations_rank_by_median_or_bound_when_asked() {
+        // steady: 5, 5, 5 (mean 5, median 5, interval 5..5).
+        // lucky: 0, 1, 20 (mean 7, median 1, a wide interval whose lower end is below 0).
+        let trials = vec![
+            trial("s1", "steady", "completed", Some(5.0)),
+            trial("s2", "steady", "completed", Some(5.0)),
+            trial("s3", "steady", "completed", Some(5.0)),
+            trial("l1", "lucky", "completed", Some(0.0)),
+            trial("l2", "lucky", "completed", Some(1.0)),
+            trial("l3", "lucky", "completed", Some(20.0)),
+            trial("n1", "nan", "completed", Some(f64::NAN)),
+        ];
+        let order =
+            |goal, by| -> Vec<String> { rank_configs(&trials, goal, by).into_iter().map(|c| c.config_id).collect() };
+        assert_eq!(order(Goal::Maximize, RankBy::Mean), vec!["lucky", "steady", "nan"]);
+        assert_eq!(order(Goal::Maximize, RankBy::Median), vec!["steady", "lucky", "nan"]);
+        assert_eq!(order(Goal::Maximize, RankBy::Bound), vec!["steady", "lucky", "nan"]);
+        // Minimizing: the median favours lucky (1 < 5), the upper bound steady.
+        assert_eq!(order(Goal::Minimize, RankBy::Median), vec!["lucky", "steady", "nan"]);
+        assert_eq!(order(Goal::Minimize, RankBy::Bound), vec!["steady", "lucky", "nan"]);
+        let lucky = rank_configs(&trials, Goal::Maximize, RankBy::Mean)[0].objective.expect("lucky has objectives");
+        assert_eq!((lucky.median, lucky.min, lucky.max), (1.0, 0.0, 20.0));
+        assert!(lucky.ci_low < 0.0 && lucky.ci_high > 20.0, "t(2) = 4.30 widens the interval: {lucky:?}");
+        assert_eq!(rank_configs(&trials, Goal::Maximize, RankBy::Mean)[2].objective, None, "NaN is no objective");
     }
 }

@@ -19,7 +19,8 @@
 //!    metric's best and last points but not the metric's name or goal, so the metric is the one
 //!    whose series has those points, and the goal is whether "best" was the series' maximum or
 //!    minimum (a `--goal` given by the user wins).
-//! 3. Rank configurations by mean objective over their completed seeds.
+//! 3. Rank configurations by the mean, median or pessimistic bound of the objective over their
+//!    completed seeds (`sweep best`'s statistics, [`sweep_coordinator::stats`]).
 //! 4. Draw the curve figures [`figures::plan`] asks for, for the top `top` configurations; draw
 //!    the objective against each parameter that varies, for every completed trial.
 //! 5. Copy the best trial's PNG artifacts (the GAN's sample grids) next to the page.
@@ -34,9 +35,10 @@ pub mod plots;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use sweep_coordinator::stats::{Aggregate, RankBy};
 use sweep_shared::spec::Goal;
 
-use aggregate::{best_trial, rank_configs, Band, Config, Summary, Window};
+use aggregate::{best_trial, rank_configs, Band, Config, Window};
 use data::{ParamValue, Series, SweepData};
 use figures::CurveFigure;
 use plots::{LegendEntry, LinesChart, PlotLine, PlotPanel, ScatterAxis, ScatterChart};
@@ -79,8 +81,10 @@ pub struct ReportRequest {
     pub sweep_dir: PathBuf,
     /// Where `index.html` and the PNGs go (created if missing).
     pub output_dir: PathBuf,
-    /// Configurations drawn in the curve figures (the best by mean objective).
+    /// Configurations drawn in the curve figures (the best by `rank_by`).
     pub top: usize,
+    /// Which aggregate of the objective over seeds ranks the configurations, as `sweep best --by`.
+    pub rank_by: RankBy,
     /// The objective's goal, when the user knows better than the inference.
     pub goal: Option<Goal>,
 }
@@ -265,6 +269,7 @@ fn wrap(parts: &[String], width: usize) -> Vec<String> {
 struct Context<'a> {
     data: &'a SweepData,
     objective: Objective,
+    rank_by: RankBy,
     ranked: Vec<Config>,
     /// Parameters whose values differ between trials (indexes into `param_names`).
     varying: Vec<usize>,
@@ -280,7 +285,7 @@ impl Context<'_> {
         self.varying.iter().map(|&p| format!("{}={}", self.data.param_names[p], trial.params[p])).collect()
     }
 
-    fn objective_text(summary: &Summary) -> String {
+    fn objective_text(summary: &Aggregate) -> String {
         if summary.n > 1 {
             format!("{} ± {}", plots::number(summary.mean), plots::number(summary.std))
         } else {
@@ -289,7 +294,7 @@ impl Context<'_> {
     }
 
     /// [`Self::objective_text`] with 4 significant digits, for legends.
-    fn objective_short(summary: &Summary) -> String {
+    fn objective_short(summary: &Aggregate) -> String {
         if summary.n > 1 {
             format!("{} ± {}", plots::significant(summary.mean, 4), plots::significant(summary.std, 3))
         } else {
@@ -551,9 +556,10 @@ pub fn write_report(request: &ReportRequest) -> Result<ReportOutcome> {
     // 2. The objective.
     let objective = infer_objective(&data, request.goal);
     // 3. Rank.
-    let ranked = rank_configs(&data.trials, objective.goal);
+    let ranked = rank_configs(&data.trials, objective.goal, request.rank_by);
     let shown = ranked.len().min(request.top.max(1));
-    let context = Context { data: &data, objective, ranked, varying: varying_params(&data), shown };
+    let context =
+        Context { data: &data, objective, rank_by: request.rank_by, ranked, varying: varying_params(&data), shown };
     let plan = figures::plan(&data.metrics);
     let output = &request.output_dir;
     std::fs::create_dir_all(output).map_err(|source| ReportError::Io { path: output.clone(), source })?;
@@ -656,7 +662,14 @@ fn page(
 
     let mut header = vec!["rank".to_string()];
     header.extend(context.varying.iter().map(|&p| data.param_names[p].clone()));
-    header.extend([format!("{} mean ± std", objective.name()), "n".into(), "min".into(), "max".into()]);
+    header.extend([
+        format!("{} mean ± std", objective.name()),
+        "median".into(),
+        "95% CI of the mean".into(),
+        "n".into(),
+        "min".into(),
+        "max".into(),
+    ]);
     header.extend(final_values.iter().map(|name| format!("{name} mean ± std")));
     let rows = context
         .ranked
@@ -671,11 +684,19 @@ fn page(
             match &config.objective {
                 Some(s) => cells.extend([
                     html::Cell::number(Context::objective_text(s)),
+                    html::Cell::number(plots::number(s.median)),
+                    html::Cell::number(if s.n > 1 {
+                        format!("{} .. {}", plots::number(s.ci_low), plots::number(s.ci_high))
+                    } else {
+                        "-".to_string()
+                    }),
                     html::Cell::number(format!("{}/{}", s.n, config.trials.len())),
                     html::Cell::number(plots::number(s.min)),
                     html::Cell::number(plots::number(s.max)),
                 ]),
                 None => cells.extend([
+                    html::Cell::number("-"),
+                    html::Cell::number("-"),
                     html::Cell::number("-"),
                     html::Cell::number(format!("0/{}", config.trials.len())),
                     html::Cell::number("-"),
@@ -689,15 +710,24 @@ fn page(
                     .filter(|v| v.is_finite())
                     .collect();
                 cells.push(html::Cell::number(
-                    Summary::of(&values).map(|s| Context::objective_text(&s)).unwrap_or("-".into()),
+                    Aggregate::of(&values).map(|s| Context::objective_text(&s)).unwrap_or("-".into()),
                 ));
             }
             html::Row { swatch: (rank < context.shown).then(|| plots::color_hex(rank)), cells }
         })
         .collect();
+    let ranked_on = match context.rank_by {
+        RankBy::Mean => "mean".to_string(),
+        RankBy::Median => "median".to_string(),
+        RankBy::Bound => format!(
+            "{} end of the 95% interval of the mean (the pessimistic bound; one seed counts by its value)",
+            if objective.goal == Goal::Maximize { "lower" } else { "upper" }
+        ),
+    };
     let mut table_note = format!(
-        "Configurations ranked by the mean objective over their completed seeds ({}: {} first); std is the sample \
-         standard deviation; n is completed seeds with an objective / trials of the configuration.",
+        "Configurations ranked by the {ranked_on} of the objective over their completed seeds ({}: {} first; \
+         --by mean|median|bound changes it); std is the sample standard deviation; the interval is Student's t; \
+         n is completed seeds with an objective / trials of the configuration.",
         objective.goal,
         if objective.goal == Goal::Maximize { "highest" } else { "lowest" }
     );
