@@ -77,6 +77,15 @@ impl Aggregate {
         })
     }
 
+    /// Best first: `Less` when `self` ranks above `other` by `by` under `goal`.
+    pub fn rank_order(&self, other: &Aggregate, by: RankBy, goal: Goal) -> Ordering {
+        let (a, b) = (self.rank_value(by, goal), other.rank_value(by, goal));
+        match goal {
+            Goal::Maximize => b.total_cmp(&a),
+            Goal::Minimize => a.total_cmp(&b),
+        }
+    }
+
     /// The value `by` ranks on, for a metric with `goal`.
     pub fn rank_value(&self, by: RankBy, goal: Goal) -> f64 {
         match (by, goal) {
@@ -157,18 +166,8 @@ pub fn summarize_configs(trials: &[TrialRow], metric: &MetricSpec, by: RankBy) -
             })
         })
         .collect();
-    out.sort_by(|a, b| {
-        compare(a.objective.rank_value(by, metric.goal), b.objective.rank_value(by, metric.goal), metric.goal)
-    });
+    out.sort_by(|a, b| a.objective.rank_order(&b.objective, by, metric.goal));
     out
-}
-
-/// Best first under `goal`.
-fn compare(a: f64, b: f64, goal: Goal) -> Ordering {
-    match goal {
-        Goal::Maximize => b.total_cmp(&a),
-        Goal::Minimize => a.total_cmp(&b),
-    }
 }
 
 /// The 0.975 quantile of Student's t distribution with `df` degrees of freedom (the factor of a

@@ -118,7 +118,7 @@ pub struct BestArgs {
     pub top: u32,
     /// The aggregate over seeds that ranks configurations: mean, median, or bound (the
     /// pessimistic end of the 95% confidence interval: lower when maximizing, upper when minimizing).
-    #[arg(long = "by", default_value = "mean", value_parser = ["mean", "median", "bound"])]
+    #[arg(long = "by", default_value = "mean", value_parser = clap::builder::PossibleValuesParser::new(RankBy::NAMES))]
     pub rank_by: String,
     /// Print JSON instead of a table.
     #[arg(long, conflicts_with = "csv")]

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
+use sweep_coordinator::stats::RankBy;
 use sweep_shared::spec::Goal;
 
 use crate::report::{write_report, ReportRequest};
@@ -26,7 +27,7 @@ pub struct ReportArgs {
     pub top: usize,
     /// The aggregate over seeds that ranks configurations, as in `sweep best`: mean, median, or
     /// bound (the pessimistic end of the 95% confidence interval).
-    #[arg(long = "by", default_value = "mean", value_parser = ["mean", "median", "bound"])]
+    #[arg(long = "by", default_value = "mean", value_parser = clap::builder::PossibleValuesParser::new(RankBy::NAMES))]
     pub rank_by: String,
     /// The objective's goal, when the data does not tell it (it is inferred otherwise).
     #[arg(long, value_enum)]

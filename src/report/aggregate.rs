@@ -140,13 +140,7 @@ pub fn rank_configs(trials: &[Trial], goal: Goal, by: RankBy) -> Vec<Config> {
         .collect();
     // A stable sort: ties keep the order of appearance.
     configs.sort_by(|a, b| match (&a.objective, &b.objective) {
-        (Some(a), Some(b)) => {
-            let ordering = a.rank_value(by, goal).total_cmp(&b.rank_value(by, goal));
-            match goal {
-                Goal::Maximize => ordering.reverse(),
-                Goal::Minimize => ordering,
-            }
-        }
+        (Some(a), Some(b)) => a.rank_order(b, by, goal),
         (Some(_), None) => std::cmp::Ordering::Less,
         (None, Some(_)) => std::cmp::Ordering::Greater,
         (None, None) => std::cmp::Ordering::Equal,
